@@ -1,0 +1,1 @@
+"""crewflow application layer."""

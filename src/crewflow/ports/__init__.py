@@ -1,0 +1,1 @@
+"""crewflow ports layer."""
