@@ -68,7 +68,7 @@ def to_text(value: Any) -> str:
         return value
     if value is None:
         return ""
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
 
 
 def render(template: str, context: Mapping[str, Any]) -> str:
@@ -80,7 +80,8 @@ def render(template: str, context: Mapping[str, Any]) -> str:
 
 def render_value(template: str, context: Mapping[str, Any]) -> Any:
     """Like ``render``, but a template that is exactly one placeholder keeps the value's own type."""
-    match = _PLACEHOLDER.fullmatch(template.strip())
-    if match:
+    stripped = template.strip()
+    match = _PLACEHOLDER.match(stripped)
+    if match and match.end() == len(stripped):  # not fullmatch: ``.*?`` would swallow "a }} {{ b"
         return lookup(_parse(match.group(1)), context)
     return render(template, context)
