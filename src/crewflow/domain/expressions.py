@@ -193,10 +193,10 @@ class _Evaluator:
             return True
         if isinstance(node, ast.BinOp):
             left, right = self.visit(node.left), self.visit(node.right)
-            if isinstance(node.op, ast.Mult) and not (
+            if isinstance(node.op, ast.Mult | ast.Mod) and not (
                 isinstance(left, int | float) and isinstance(right, int | float)
-            ):
-                raise ExpressionError("'*' only multiplies numbers")
+            ):  # str * int and "%0999999999d" % x would build huge strings before any size check
+                raise ExpressionError(f"'{'*' if isinstance(node.op, ast.Mult) else '%'}' only works on numbers")
             result = _BINARY[type(node.op)](left, right)
             if isinstance(result, str | list) and len(result) > MAX_STRING_RESULT:
                 raise ExpressionError("expression result is too large")
