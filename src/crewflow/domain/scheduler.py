@@ -89,7 +89,7 @@ class Scheduler:
         self.graph = graph
         self.sequencer = sequencer
         self.rng = rng
-        self.max_parallel = max_parallel or flow.max_parallel
+        self.max_parallel = max_parallel if max_parallel is not None else flow.max_parallel
         if self.max_parallel < 1:
             raise ValueError("max_parallel must be at least 1")
         self.run_timeout = run_timeout if run_timeout is not None else flow.timeout
@@ -107,6 +107,7 @@ class Scheduler:
         self._ready: list[int] = []  # heap of topological indices
         self._retry: list[tuple[float, int]] = []  # heap of (not_before, topological index)
         self._running: set[str] = set()
+        self._timed_running = 0  # running nodes that have a deadline
         self._failing = False
         self._deadline: float | None = None
         self._emit = True
@@ -138,8 +139,11 @@ class Scheduler:
         """The earliest time at which ``ready`` or ``check_timeouts`` may give a different answer."""
         if self.status != RunStatus.RUNNING:
             return None
+        if not self._retry and not self._timed_running and self._deadline is None:
+            return None  # the common case, kept cheap: it is asked after every step
         times = [self._retry[0][0]] if self._retry and not self._failing else []
-        times.extend(d for n in self._running if (d := self.nodes[n].deadline) is not None)
+        if self._timed_running:
+            times.extend(d for n in self._running if (d := self.nodes[n].deadline) is not None)
         if self._deadline is not None:
             times.append(self._deadline)
         return min(times, default=None)
@@ -150,7 +154,9 @@ class Scheduler:
 
     def parent_outputs(self, node_id: str) -> dict[str, Any]:
         """Outputs of the node's completed parents, by parent id (the node's named inputs)."""
-        return {p: self.outputs[p] for p in self.graph.parents[node_id] if p in self.outputs}
+        return {
+            p: self.outputs[p] for p in self.graph.parents[node_id] if self.nodes[p].status == NodeStatus.COMPLETED
+        }
 
     # -- transitions -------------------------------------------------------------------------------------
     def begin(self, now: float, inputs: Mapping[str, Any] | None = None) -> list[ExecutionEvent]:
@@ -165,6 +171,7 @@ class Scheduler:
         for node_id, count in self._waiting_parents.items():
             if count == 0:
                 heapq.heappush(self._ready, self.graph.index[node_id])
+        self._maybe_finish(now, events)  # a graph without nodes is complete at once
         return events
 
     def start(self, node_id: str, now: float) -> list[ExecutionEvent]:
@@ -187,6 +194,8 @@ class Scheduler:
         state.started_at = now
         timeout = self._spec[node_id].timeout
         state.deadline = now + timeout if timeout is not None else None
+        if timeout is not None:
+            self._timed_running += 1
         self._running.add(node_id)
         return [self._event(EventKind.NODE_STARTED, now, node_id, {"attempt": state.attempts})]
 
@@ -202,7 +211,7 @@ class Scheduler:
             unknown = chosen - set(self.graph.children[node_id])
             if unknown:
                 raise SchedulerError(f"router '{node_id}' chose non-children {sorted(unknown)}")
-        self._running.discard(node_id)
+        self._stop_running(node_id)
         state.status = NodeStatus.COMPLETED
         state.output = output
         state.finished_at = now
@@ -221,7 +230,7 @@ class Scheduler:
         state = self.nodes[node_id]
         if state.status != NodeStatus.RUNNING:
             return []
-        self._running.discard(node_id)
+        self._stop_running(node_id)
         policy = self._spec[node_id].retry
         events: list[ExecutionEvent] = []
         if retryable and state.attempts < policy.max_attempts and not self._failing:
@@ -257,6 +266,7 @@ class Scheduler:
                 events.append(self._event(EventKind.NODE_FAILED, now, node_id,
                                           {"attempt": state.attempts, "error": "run timed out"}))  # fmt: skip
             self._running.clear()
+            self._timed_running = 0
             self._failing = True
             self._maybe_finish(now, events)
             return events
@@ -280,6 +290,7 @@ class Scheduler:
                 state.status, state.finished_at = NodeStatus.CANCELLED, now
                 events.append(self._event(EventKind.NODE_CANCELLED, now, node_id, {"reason": reason}))
         self._running.clear()
+        self._timed_running = 0
         self._ready.clear()
         self._retry.clear()
         self.status = RunStatus.CANCELLED
@@ -295,10 +306,12 @@ class Scheduler:
         self._emit = False
         try:
             progressed = True
-            while progressed:
+            while progressed and self.status == RunStatus.RUNNING:
                 progressed = False
-                for node_id in list(self.ready(now)):
-                    if node_id in completed:
+                # every ready node, not just ready(now)'s first free slots: with max_parallel=1 a completed
+                # node queued behind a not-completed one would otherwise be run a second time
+                for node_id in [self.graph.order[i] for i in sorted(self._ready)]:
+                    if node_id in completed and self.status == RunStatus.RUNNING:
                         self.start(node_id, now)
                         self.complete(node_id, completed[node_id], now, branches.get(node_id))
                         progressed = True
@@ -310,6 +323,11 @@ class Scheduler:
         if not self._emit:
             return _SILENT
         return self.sequencer.event(kind, now, node_id, data)
+
+    def _stop_running(self, node_id: str) -> None:
+        self._running.discard(node_id)
+        if self.nodes[node_id].deadline is not None:
+            self._timed_running -= 1
 
     def _by_order(self, node_ids: Iterable[str]) -> list[str]:
         return sorted(node_ids, key=self.graph.index.__getitem__)

@@ -43,6 +43,10 @@ def validate_flow(flow: Flow, limits: FlowLimits | None = None, catalog: Catalog
     return _Validator(flow, limits or FlowLimits(), catalog or Catalog()).run()
 
 
+def _reads_nodes(node: Node) -> bool:
+    return any("nodes." in text for text in node.text_fields().values())
+
+
 class _Validator:
     def __init__(self, flow: Flow, limits: FlowLimits, catalog: Catalog) -> None:
         self.flow = flow
@@ -76,7 +80,7 @@ class _Validator:
             if count > 1:
                 self.add("duplicate_id", f"id is used by {count} nodes", node=node_id)
         for node in flow.nodes:
-            if not NODE_ID.match(node.id):
+            if not NODE_ID.fullmatch(node.id):  # fullmatch: "$" would accept a trailing newline
                 self.add("bad_id", "ids start with a letter or '_' and use letters, digits, '_' or '-' "
                          "(at most 64)", node=node.id)  # fmt: skip
         known = set(ids)
@@ -164,11 +168,12 @@ class _Validator:
             self.add("input_has_parents", "input nodes take no incoming edges", node=node.id)
         if kind == NodeKind.OUTPUT and outgoing:
             self.add("output_has_children", "output nodes have no outgoing edges", node=node.id)
-        ancestors = graph.ancestors(node.id) if graph else None
+        # Ancestors cost O(graph) per node: compute them only for nodes that read other nodes' outputs.
+        ancestors = graph.ancestors(node.id) if graph and (node.routes or _reads_nodes(node)) else None
         if kind == NodeKind.ROUTER:
             self._router(node, outgoing if graph else None, ancestors, known)
         for field_name, text in node.text_fields().items():
-            if field_name.startswith("routes["):
+            if field_name.startswith("routes[") or "{{" not in text:
                 continue
             try:
                 refs = references(text)
@@ -199,7 +204,7 @@ class _Validator:
                 known: set[str]) -> None:  # fmt: skip
         if not node.routes:
             self.add("router_without_branches", "router needs at least one route", node=node.id)
-        if node.default is None:
+        if not node.default:  # None, or "" from a document
             self.add("router_without_default", "router needs a default branch", node=node.id)
         targets = [r.to for r in node.routes] + ([node.default] if node.default else [])
         for target in targets:

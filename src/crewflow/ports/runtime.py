@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -77,10 +77,9 @@ class NodeOutcome:
     cost: float = 0.0
 
 
-class NodeEmitter(Protocol):
-    """Publishes an intermediate event (tokens, LLM attempts, logs) for the node being run."""
-
-    def __call__(self, kind: EventKind, data: Mapping[str, Any]) -> None: ...
+NodeEmitter = Callable[[EventKind, Mapping[str, Any]], None]
+"""Publishes an intermediate event (tokens, LLM attempts, logs) for the node being run. Safe to call from
+another thread (CrewAI runs crews in worker threads): the engine hops back to its loop."""
 
 
 class AgentRuntime(Protocol):

@@ -1,0 +1,55 @@
+"""One typed settings object, read from ``CREWFLOW_*`` environment variables, with embedded defaults."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["Settings"]
+
+
+def _int(env: Mapping[str, str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be an integer, got {raw!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """``database_url`` None means the embedded SQLite file under ``data_dir``."""
+
+    data_dir: str = ".crewflow"
+    database_url: str | None = None
+    redis_url: str | None = None
+    mongodb_url: str | None = None
+    default_provider: str = "scripted"
+    max_parallel: int = 8
+    db_pool_size: int = 20
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | json | console
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            data_dir=env.get("CREWFLOW_DATA_DIR", ".crewflow"),
+            database_url=env.get("CREWFLOW_DATABASE_URL") or None,
+            redis_url=env.get("CREWFLOW_REDIS_URL") or None,
+            mongodb_url=env.get("CREWFLOW_MONGODB_URL") or None,
+            default_provider=env.get("CREWFLOW_DEFAULT_PROVIDER", "scripted"),
+            max_parallel=_int(env, "CREWFLOW_MAX_PARALLEL", 8),
+            db_pool_size=_int(env, "CREWFLOW_DB_POOL_SIZE", 20),
+            log_level=env.get("CREWFLOW_LOG_LEVEL", "info"),
+            log_format=env.get("CREWFLOW_LOG_FORMAT", "auto"),
+            extra={k: v for k, v in env.items() if k.startswith("CREWFLOW_")},
+        )
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir}/crewflow.db"
