@@ -20,7 +20,9 @@ CONTEXT = {
 
 
 def test_references_parse_nodes_and_inputs_with_their_paths() -> None:
-    refs = references("Write about {{ inputs.topic }} using {{nodes.research.output}} and {{ nodes.score.output.value }}")
+    refs = references(
+        "Write about {{ inputs.topic }} using {{nodes.research.output}} and {{ nodes.score.output.value }}"
+    )
     assert [(r.root, r.path, r.node_id) for r in refs] == [
         ("inputs", ("topic",), None),
         ("nodes", ("research", "output"), "research"),
@@ -59,7 +61,7 @@ def test_malformed_placeholders_raise_template_error(template: str) -> None:
 
 
 def test_the_error_names_the_offending_placeholder() -> None:
-    with pytest.raises(TemplateError, match="secrets.key"):
+    with pytest.raises(TemplateError, match=r"secrets\.key"):
         references("ok {{ inputs.a }} then {{ secrets.key }}")
 
 

@@ -119,4 +119,75 @@ def find_cycles(ids: Iterable[str], edges: Iterable[tuple[str, str]]) -> list[li
             else:
                 colour[node] = black
                 path.pop()
+    if cycles:
+        # DFS back edges alone can miss nodes (a->b->a plus a->c->b: c is on a cycle but reached after b is
+        # finished), so every node of a strongly connected component not yet named gets a cycle through it.
+        covered = {n for cycle in cycles for n in cycle}
+        component = _components(id_list, children)
+        for node in id_list:
+            if node not in covered and (through := _cycle_through(node, children, component)):
+                cycles.append(through)
+                covered.update(through)
     return cycles
+
+
+def _components(ids: list[str], children: dict[str, list[str]]) -> dict[str, int]:
+    """Strongly connected component number of each node (iterative Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    component: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    counter = 0
+    for root in ids:
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, child_index = work.pop()
+            if child_index == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            if child_index < len(children[node]):
+                work.append((node, child_index + 1))
+                child = children[node][child_index]
+                if child not in index:
+                    work.append((child, 0))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            for child in children[node]:
+                if child in on_stack:
+                    low[node] = min(low[node], low[child])
+            if low[node] == index[node]:
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component[member] = index[node]
+                    if member == node:
+                        break
+    return component
+
+
+def _cycle_through(start: str, children: dict[str, list[str]], component: dict[str, int]) -> list[str]:
+    """A shortest cycle through ``start`` inside its component (BFS), or [] when it is on none."""
+    came_from: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        following: list[str] = []
+        for node in frontier:
+            for child in children[node]:
+                if component[child] != component[start]:
+                    continue
+                if child == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(came_from[path[-1]])
+                    return path[::-1]
+                if child not in came_from:
+                    came_from[child] = node
+                    following.append(child)
+        frontier = following
+    return []
