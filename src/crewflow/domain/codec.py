@@ -42,7 +42,7 @@ class _Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, bool) and kind in (int, float):
-            self.problem(f"{where}.{key}".lstrip("."), f"must be a {getattr(kind, '__name__', kind)}")
+            self.problem(f"{where}.{key}".lstrip("."), f"must be a {_friendly(getattr(kind, '__name__', ''))}")
             return default
         if not isinstance(value, kind):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
@@ -286,7 +286,7 @@ def flow_from_dict(data: Any, *, flow_id: str | None = None) -> Flow:
     ident = flow_id or reader.get(data, "id", str, "", "") or _slug(name) or "flow"
     flow = reader.build("flow", lambda: Flow(
         id=ident,
-        name=name or ident,
+        name=name if "name" in data and data["name"] is not None else ident,
         description=reader.get(data, "description", str, "", ""),
         version=reader.get(data, "version", int, "", 1),
         inputs=_inputs(reader, data),
@@ -355,10 +355,12 @@ def flow_to_dict(flow: Flow) -> dict[str, Any]:
 
 def _node_doc(node: Node) -> dict[str, Any]:
     doc: dict[str, Any] = {"id": node.id, "kind": node.kind.value}
-    for key in ("label", "agent", "crew", "tool", "task", "expected_output", "default", "value", "timeout"):
-        value = getattr(node, key)
-        if value not in (None, ""):
-            doc[key] = value
+    for key in ("label", "task", "expected_output"):
+        if getattr(node, key):
+            doc[key] = getattr(node, key)
+    for key in ("agent", "crew", "tool", "default", "value", "timeout"):  # optional: "" differs from None
+        if getattr(node, key) is not None:
+            doc[key] = getattr(node, key)
     if node.inputs:
         doc["inputs"] = dict(node.inputs)
     if node.routes:
