@@ -59,15 +59,18 @@ PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.VIEWER: frozenset({Permission.AGENTS_READ, Permission.FLOWS_READ, Permission.EXECUTIONS_READ}),
 }
 
+_TENANT_ID = re.compile(r"^[a-z0-9-]{1,55}$")
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,46}[a-z0-9])?$")
 
 
 def schema_name_for(tenant_id: str) -> str:
-    """The PostgreSQL schema of a tenant: ``tenant_<id>`` with the id reduced to safe characters."""
-    safe = re.sub(r"[^a-z0-9_]", "_", tenant_id.lower())
-    if not safe or len(safe) > 55:
-        raise ValueError(f"tenant id {tenant_id!r} cannot name a schema")
-    return f"tenant_{safe}"
+    """The PostgreSQL schema of a tenant: ``tenant_<id>`` with ``-`` written ``_``.
+
+    The mapping is one-to-one (two tenants never share a schema): ids are lowercase letters, digits and
+    ``-`` only (a uuid, its hex, a slug); anything else, ``_`` included, is refused rather than folded."""
+    if not _TENANT_ID.fullmatch(tenant_id):
+        raise ValueError(f"tenant id {tenant_id!r} cannot name a schema (1-55 of a-z, 0-9, '-')")
+    return f"tenant_{tenant_id.replace('-', '_')}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,7 @@ class Tenant:
     created_at: datetime
 
     def __post_init__(self) -> None:
-        if not _SLUG.match(self.slug):
+        if not _SLUG.fullmatch(self.slug):
             raise ValueError(
                 f"tenant slug {self.slug!r} must be 1-48 lowercase letters, digits or '-', "
                 "not starting or ending with '-'"
