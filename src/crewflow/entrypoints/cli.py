@@ -1,0 +1,258 @@
+"""The ``crewflow`` command line.
+
+Exit codes: 0 success; 1 the run failed or was cancelled; 2 invalid input (bad file, invalid flow, bad
+option). User errors are one readable line each on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from crewflow.domain.errors import FlowInvalid
+from crewflow.domain.events import EventKind, ExecutionEvent
+from crewflow.domain.flow import Flow
+from crewflow.domain.scheduler import NodeStatus
+from crewflow.domain.templates import to_text
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEMO_FLOW = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
+# Subcommand groups that live in their own modules (each exposes ``register(subparsers)``).
+EXTENSIONS = ("crewflow.entrypoints.cli_crewai", "crewflow.entrypoints.cli_admin", "crewflow.entrypoints.cli_keys")
+
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse's own usage errors: one line, exit 2
+        self.exit(EXIT_USAGE, f"crewflow: error: {message}\n")
+
+
+def _parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` (a string) or ``key:=json`` (any JSON value)."""
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        if ":=" in pair and pair.index(":=") < pair.index("=") + 1:
+            key, raw = pair.split(":=", 1)
+            try:
+                inputs[key] = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"--input {key}:= is not valid JSON ({exc.msg})") from None
+        elif "=" in pair:
+            key, inputs_value = pair.split("=", 1)
+            inputs[key] = inputs_value
+        else:
+            raise UsageError(f"--input '{pair}' must look like key=value or key:=<json>")
+        if not key.strip():
+            raise UsageError(f"--input '{pair}' has an empty name")
+    return inputs
+
+
+def _load(path: str) -> Flow:
+    from crewflow.entrypoints.library import load_flow
+
+    return load_flow(Path(path))
+
+
+def _report_invalid(path: str, exc: FlowInvalid) -> int:
+    for problem in exc.problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from crewflow.domain.validation import ensure_valid
+
+    try:
+        flow = _load(args.file)
+        ensure_valid(flow)
+    except FlowInvalid as exc:
+        return _report_invalid(args.file, exc)
+    print(f"{args.file}: ok ({len(flow.nodes)} nodes, {len(flow.edges)} edges)")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_file(args.file, args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return _run_file(str(DEMO_FLOW), args)
+
+
+def _run_file(path: str, args: argparse.Namespace) -> int:
+    from crewflow.domain.validation import ensure_valid
+
+    try:
+        inputs = _parse_inputs(args.input or [])
+        flow = _load(path)
+        graph = ensure_valid(flow)
+    except FlowInvalid as exc:
+        return _report_invalid(path, exc)
+    except UsageError as exc:
+        print(f"crewflow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    missing = flow.missing_inputs(inputs)
+    if missing:
+        names = ", ".join(missing)
+        print(f"crewflow: error: missing required input(s): {names} (pass --input NAME=VALUE)", file=sys.stderr)
+        return EXIT_USAGE
+    progress = _Progress(flow, enabled=not args.quiet and not args.json)
+    try:
+        result = asyncio.run(_execute(flow, graph, inputs, args, progress))
+    except KeyboardInterrupt:
+        print("crewflow: interrupted", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        progress.stop()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        _print_result(result)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+async def _execute(flow: Flow, graph: Any, inputs: Mapping[str, Any], args: argparse.Namespace,
+                   progress: _Progress) -> Any:  # fmt: skip
+    from crewflow.bootstrap import build_engine
+
+    engine = build_engine()
+    return await engine.run(
+        flow, inputs, graph=graph, listeners=(progress.on_event,), max_parallel=args.max_parallel,
+        timeout=args.timeout,
+    )  # fmt: skip
+
+
+class _Progress:
+    """Live per-node status table on a terminal; one line per node event otherwise."""
+
+    _STYLE: Mapping[str, str] = {
+        "pending": "dim", "running": "yellow", "retrying": "magenta", "completed": "green",
+        "failed": "red", "skipped": "dim", "cancelled": "red",
+    }  # fmt: skip
+
+    def __init__(self, flow: Flow, *, enabled: bool) -> None:
+        self.flow = flow
+        self.enabled = enabled
+        self.status = {node.id: "pending" for node in flow.nodes}
+        self.detail: dict[str, str] = {}
+        self.live: Any = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live(self._table(), console=Console(stderr=True), refresh_per_second=12, transient=False)
+            self.live.start()
+
+    def _table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=f"flow {self.flow.name or self.flow.id}", expand=False)
+        table.add_column("node")
+        table.add_column("kind")
+        table.add_column("status")
+        table.add_column("detail", overflow="ellipsis", max_width=60)
+        for node in self.flow.nodes:
+            status = self.status[node.id]
+            table.add_row(node.id, node.kind.value, f"[{self._STYLE.get(status, '')}]{status}[/]",
+                          self.detail.get(node.id, ""))  # fmt: skip
+        return table
+
+    _KIND_STATUS: Mapping[EventKind, str] = {
+        EventKind.NODE_STARTED: NodeStatus.RUNNING, EventKind.NODE_COMPLETED: NodeStatus.COMPLETED,
+        EventKind.NODE_FAILED: NodeStatus.FAILED, EventKind.NODE_RETRYING: NodeStatus.RETRYING,
+        EventKind.NODE_SKIPPED: NodeStatus.SKIPPED, EventKind.NODE_CANCELLED: NodeStatus.CANCELLED,
+    }  # fmt: skip
+
+    def on_event(self, event: ExecutionEvent) -> None:
+        if not self.enabled or event.node_id is None or event.kind not in self._KIND_STATUS:
+            return
+        status = str(self._KIND_STATUS[event.kind])
+        self.status[event.node_id] = status
+        data = event.data
+        if event.kind == EventKind.NODE_COMPLETED:
+            detail = f"{data.get('duration', 0.0) * 1000:.0f} ms"
+        elif event.kind in (EventKind.NODE_FAILED, EventKind.NODE_RETRYING):
+            detail = f"attempt {data.get('attempt')}: {data.get('error')}"
+        elif event.kind == EventKind.NODE_STARTED and data.get("attempt", 1) > 1:
+            detail = f"attempt {data.get('attempt')}"
+        else:
+            detail = self.detail.get(event.node_id, "")
+        self.detail[event.node_id] = detail
+        if self.live is not None:
+            self.live.update(self._table())
+        else:
+            print(f"  {event.node_id:<20} {status:<10} {detail}".rstrip(), file=sys.stderr)
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def _print_result(result: Any) -> None:
+    duration = f"{result.duration:.2f}s" if result.duration is not None else "-"
+    print(f"run {result.execution_id}: {result.status} in {duration}")
+    if result.error:
+        print(f"error: {result.error}")
+    for node_id, value in result.outputs.items():
+        print(f"\n== {node_id} ==\n{to_text(value)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from crewflow import __version__
+
+    parser = _Parser(prog="crewflow", description="Build, run and watch AI workflows.")
+    parser.add_argument("--version", action="version", version=f"crewflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("validate", help="check a flow file and list every problem")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_validate)
+
+    for name, handler, help_text in (
+        ("run", cmd_run, "run a flow file in-process and print its outputs"),
+        ("demo", cmd_demo, "run the bundled demo flow offline"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        if name == "run":
+            p.add_argument("file")
+        p.add_argument("--input", "-i", action="append", metavar="KEY=VALUE",
+                       help="a run input; KEY:=JSON for a JSON value (repeatable)")  # fmt: skip
+        p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+        p.add_argument("--quiet", "-q", action="store_true", help="no live progress")
+        p.add_argument("--max-parallel", type=int, default=None, help="nodes running at once")
+        p.add_argument("--timeout", type=float, default=None, help="fail the run after this many seconds")
+        p.set_defaults(func=handler)
+
+    for module in EXTENSIONS:
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (ValueError, OSError) as exc:  # configuration and file-system errors: one line, no traceback
+        print(f"crewflow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
