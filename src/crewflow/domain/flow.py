@@ -53,7 +53,11 @@ class RetryPolicy:
 
     def delay(self, failed_attempt: int, rng: random.Random) -> float:
         """Seconds to wait after attempt number ``failed_attempt`` (1-based) failed."""
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** (failed_attempt - 1))
+        try:
+            grown = self.initial_delay * self.multiplier ** (failed_attempt - 1) if self.initial_delay else 0.0
+        except OverflowError:  # e.g. multiplier 1e6 after 60 attempts: the cap applies
+            grown = self.max_delay
+        base = min(self.max_delay, grown)
         spread = base * self.jitter
         return max(0.0, base + rng.uniform(-spread, spread))
 
