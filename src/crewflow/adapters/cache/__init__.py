@@ -1,0 +1,1 @@
+"""Cache adapters (in-memory here; Redis elsewhere)."""

@@ -1,0 +1,5 @@
+"""Metrics adapters."""
+
+from crewflow.adapters.metrics.memory import InMemoryMetrics, NoopMetrics
+
+__all__ = ["InMemoryMetrics", "NoopMetrics"]
