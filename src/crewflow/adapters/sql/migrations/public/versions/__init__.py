@@ -1,0 +1,1 @@
+"""Revisions of the ``public`` migration branch (Alembic skips this file)."""

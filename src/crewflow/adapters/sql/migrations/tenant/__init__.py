@@ -1,0 +1,1 @@
+"""Alembic script directory of the ``tenant`` migration branch."""

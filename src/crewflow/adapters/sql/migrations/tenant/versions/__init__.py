@@ -1,0 +1,1 @@
+"""Revisions of the ``tenant`` migration branch (Alembic skips this file)."""
