@@ -161,9 +161,7 @@ class NodeRunRepository(Protocol):
         """``save`` for several checkpoints at once."""
         ...
 
-    async def list_for_execution(
-        self, execution_id: str, cursor: str | None = None, limit: int = 100
-    ) -> Page[NodeRun]:
+    async def list_for_execution(self, execution_id: str, cursor: str | None = None, limit: int = 100) -> Page[NodeRun]:
         """Ordered by node id."""
         ...
 

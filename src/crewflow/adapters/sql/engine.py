@@ -195,9 +195,7 @@ class PostgresDatabase(SqlDatabase):
     async def tenant_exists(self, tenant_id: str) -> bool:
         schema = tenant_schema(tenant_id)
         async with self.engine.connect() as conn:
-            found = await conn.scalar(
-                sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s").bindparams(s=schema)
-            )
+            found = await conn.scalar(sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s").bindparams(s=schema))
         return found is not None
 
     async def dispose(self) -> None:

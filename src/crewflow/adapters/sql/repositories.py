@@ -500,9 +500,7 @@ class SqlNodeRunRepository(_Repository):
         row = (await self._conn.execute(query)).first()
         return None if row is None else _node_run(row)
 
-    async def list_for_execution(
-        self, execution_id: str, cursor: str | None = None, limit: int = 100
-    ) -> Page[NodeRun]:
+    async def list_for_execution(self, execution_id: str, cursor: str | None = None, limit: int = 100) -> Page[NodeRun]:
         query = sa.select(NODE_RUNS).where(NODE_RUNS.c.execution_id == execution_id)
         return await _paged(self._conn, query, [NODE_RUNS.c.node_id], descending=False,
                             cursor=cursor, limit=limit, convert=_node_run)  # fmt: skip
@@ -675,8 +673,10 @@ class SqlUserRepository(_Repository):
 
     async def update(self, user: User) -> None:
         email = user.email.strip().lower()
-        stmt = USERS.update().where(USERS.c.id == user.id).values(
-            email=email, password_hash=user.password_hash, role=str(user.role), is_active=user.is_active
+        stmt = (
+            USERS.update()
+            .where(USERS.c.id == user.id)
+            .values(email=email, password_hash=user.password_hash, role=str(user.role), is_active=user.is_active)
         )
         await self._change(stmt, "user", user.id, unique=f"e-mail {email!r}")
 
