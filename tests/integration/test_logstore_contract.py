@@ -8,17 +8,14 @@ those two keyword arguments and changes nothing else (ADR 0007).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +27,6 @@ from crewflow.ports.logstore import LogStore, TenantLogStore
 
 pytestmark = pytest.mark.integration
 
-PG_ADMIN_DSN = os.environ.get("CREWFLOW_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 MONGODB_URL = os.environ.get("CREWFLOW_MONGODB_URL")
 # Recent times: the MongoDB TTL index (30 days) removes older records, on a real server and in the fake.
 T0 = float(int(time.time()) - 3600)
@@ -69,35 +65,11 @@ class BeanieCompatibleFakeDatabase:
         return list(await self._database.list_collection_names(**kwargs))
 
 
-@pytest.fixture(scope="module")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test run, dropped at the end."""
-    asyncpg = pytest.importorskip("asyncpg")
-    name = f"crewflow_logstore_{uuid.uuid4().hex[:10]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    def run(sql: str) -> None:  # requested from inside a running event loop: use a thread of its own
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pool.submit(asyncio.run, admin(sql)).result()
-
-    run(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 ADAPTERS = ["sql-sqlite", "sql-postgres", "mongo-inprocess-fake", "mongo-real"]
 
 
 @pytest.fixture(params=ADAPTERS)
-async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     kind = request.param
     if kind.startswith("sql-"):
         from crewflow.adapters.sql.engine import PostgresDatabase, SqlDatabase, SqliteDatabase
@@ -105,8 +77,8 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
         database: SqlDatabase
         if kind == "sql-sqlite":
-            database = SqliteDatabase(f"sqlite+aiosqlite:///{tmp_path / 'crewflow.db'}")
-        else:
+            database = SqliteDatabase(request.getfixturevalue("sqlite_url"))
+        else:  # the session's fresh PostgreSQL database (tests/integration/conftest.py)
             database = PostgresDatabase(request.getfixturevalue("postgres_url"), pool_size=2)
         await database.create_platform_schema()
         store = SqlLogStore(database, owns_database=True)
