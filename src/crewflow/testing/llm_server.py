@@ -128,6 +128,8 @@ class LoggedRequest:
     status: int
     key_ok: bool
     fault: str | None
+    tools: int = 0  # how many tool definitions the request carried
+    client_port: int | None = None  # the client's TCP port: one port for many requests = a reused connection
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -278,6 +280,8 @@ class LLMTestServer:
         app = web.Application(client_max_size=32 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/p/{provider}/v1/chat/completions", self._openai)
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._openai)  # Azure style
+        app.router.add_post("/p/{provider}/openai/deployments/{deployment}/chat/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
         app.router.add_post("/p/{provider}/v1/messages", self._anthropic)
         app.router.add_get("/v1/models", self._models)
@@ -335,7 +339,10 @@ class LLMTestServer:
         return sim, body, raw
 
     def _record(self, request: web.Request, sim: SimulatedProvider, api: str, model: str | None, stream: bool,
-                raw: bytes, status: int, *, key_ok: bool, fault: str | None) -> None:  # fmt: skip
+                raw: bytes, status: int, *, key_ok: bool, fault: str | None,
+                body: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        tools = body.get("tools") if body is not None else None
         self._log.append(
             LoggedRequest(
                 method=request.method,
@@ -349,6 +356,8 @@ class LLMTestServer:
                 status=status,
                 key_ok=key_ok,
                 fault=fault,
+                tools=len(tools) if isinstance(tools, list) else 0,
+                client_port=peer[1] if isinstance(peer, tuple) and len(peer) > 1 else None,
             )
         )
 
@@ -390,7 +399,7 @@ class LLMTestServer:
         if isinstance(read, web.Response):
             return read
         sim, body, raw = read
-        model = str(body.get("model") or "unknown")
+        model = str(body.get("model") or request.match_info.get("deployment") or "unknown")
         stream = bool(body.get("stream"))
         key_ok = self._key_ok(request, "openai", sim.api_key)
         fault = sim.next_fault() if key_ok else None
@@ -398,7 +407,7 @@ class LLMTestServer:
         if fault is not None and fault.kind == "status":
             status = fault.status
         self._record(request, sim, "openai", model, stream, raw, status, key_ok=key_ok,
-                     fault=fault.kind if fault else None)  # fmt: skip
+                     fault=fault.kind if fault else None, body=body)  # fmt: skip
         if not key_ok:
             return self._error("openai", 401, "invalid_request_error", "Incorrect API key provided")
         delay = 0.0
@@ -485,7 +494,7 @@ class LLMTestServer:
         if fault is not None and fault.kind == "status":
             status = fault.status
         self._record(request, sim, "anthropic", model, stream, raw, status, key_ok=key_ok,
-                     fault=fault.kind if fault else None)  # fmt: skip
+                     fault=fault.kind if fault else None, body=body)  # fmt: skip
         if not key_ok:
             return self._error("anthropic", 401, "authentication_error", "invalid x-api-key")
         if "max_tokens" not in body:
