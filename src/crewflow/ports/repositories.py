@@ -121,15 +121,15 @@ class ExecutionRepository(Protocol):
         self,
         execution_id: str,
         *,
-        status: RunStatus,
         last_seq: int,
+        status: RunStatus | None = None,
         started_at: float | None = None,
         finished_at: float | None = None,
         outputs: Mapping[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        """Checkpoint a run's state without reading it: sets status and last_seq, and each other field that
-        is given (not None). Raises ``NotFound`` for an unknown execution."""
+        """Checkpoint a run's state without reading it: sets last_seq, and each other field that is given
+        (not None). Raises ``NotFound`` for an unknown execution."""
         ...
 
     async def delete(self, execution_id: str) -> None:

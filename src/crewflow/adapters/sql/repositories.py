@@ -409,14 +409,16 @@ class SqlExecutionRepository(_Repository):
         self,
         execution_id: str,
         *,
-        status: RunStatus,
         last_seq: int,
+        status: RunStatus | None = None,
         started_at: float | None = None,
         finished_at: float | None = None,
         outputs: Mapping[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        changes: dict[str, Any] = {"status": str(status), "last_seq": last_seq}
+        changes: dict[str, Any] = {"last_seq": last_seq}
+        if status is not None:
+            changes["status"] = str(status)
         if started_at is not None:
             changes["started_at"] = started_at
         if finished_at is not None:
