@@ -304,11 +304,11 @@ class _PostgresRunner:
     async def _upgrade(self, conn: asyncpg.Connection, schema: str, branch: Branch, tracker: _Tracker) -> SchemaResult:
         head = self.heads[branch]
         attempt = 0
-        before: str | None = None
+        seen: list[str | None] = [None]  # the revision read in the last attempt, reported on failure
         while True:
             attempt += 1
             try:
-                before = await self._upgrade_once(conn, schema, branch, head)
+                before = await self._upgrade_once(conn, schema, branch, head, seen)
                 return SchemaResult(schema, branch, before, head, attempt)
             except asyncpg.PostgresError as exc:
                 sqlstate = getattr(exc, "sqlstate", None)
@@ -319,13 +319,15 @@ class _PostgresRunner:
                 reason = f"{type(exc).__name__} ({sqlstate}): {exc}"
                 if sqlstate in _RETRYABLE:
                     reason = f"gave up after {attempt} attempts: {reason}"
-                return SchemaResult(schema, branch, before, before, attempt, reason)
+                return SchemaResult(schema, branch, seen[0], seen[0], attempt, reason)
             except _UnknownRevision as exc:
-                return SchemaResult(schema, branch, before, before, attempt, str(exc))
+                return SchemaResult(schema, branch, seen[0], seen[0], attempt, str(exc))
             except (OSError, asyncpg.InterfaceError) as exc:
-                return SchemaResult(schema, branch, before, before, attempt, f"connection: {exc}")
+                return SchemaResult(schema, branch, seen[0], seen[0], attempt, f"connection: {exc}")
 
-    async def _upgrade_once(self, conn: asyncpg.Connection, schema: str, branch: Branch, head: str) -> str | None:
+    async def _upgrade_once(
+        self, conn: asyncpg.Connection, schema: str, branch: Branch, head: str, seen: list[str | None]
+    ) -> str | None:
         """One transaction: returns the revision the schema had (it has ``head`` after the commit)."""
         async with conn.transaction():
             await conn.execute(
@@ -346,6 +348,7 @@ class _PostgresRunner:
                 if len(rows) != 1:
                     raise _UnknownRevision(f"{schema}.alembic_version holds {len(rows)} rows, expected 1")
                 current = rows[0][0]
+            seen[0] = current
             if current == head:
                 return current
             if current is not None and current not in self.known[branch]:
