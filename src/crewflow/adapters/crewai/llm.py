@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from crewflow.domain.errors import DomainError
 from crewflow.domain.events import EventKind
+from crewflow.domain.failover import AllProvidersFailed, ProviderError, estimate_tokens
 from crewflow.ports.llm import CallScope, ChatMessage, ChatRequest, ChatResponse, LLMGateway
 from crewflow.ports.runtime import NodeEmitter
 
@@ -66,7 +67,11 @@ class LLMCallFailed(RuntimeError):
 
 
 def _retryable(exc: BaseException) -> bool:
-    return bool(getattr(exc, "retryable", type(exc).__name__ != "BudgetExceeded"))
+    """Worth retrying the node later: every provider failed transiently. Not: over budget, a request every
+    provider rejects, no provider configured."""
+    if isinstance(exc, AllProvidersFailed):
+        return True
+    return isinstance(exc, ProviderError) and exc.retryable
 
 
 class GatewayBridge:
@@ -83,6 +88,7 @@ class GatewayBridge:
         self.stream_tokens = stream_tokens
         self.records: list[dict[str, Any]] = []
         self.failure: BaseException | None = None
+        self.failure_retryable = True
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._pending: set[concurrent.futures.Future[Any]] = set()
@@ -185,7 +191,7 @@ class GatewayBridge:
 
     def _failed(self, exc: DomainError) -> LLMCallFailed:
         self.failure = exc
-        retryable = _retryable(exc)
+        self.failure_retryable = retryable = _retryable(exc)
         return LLMCallFailed(f"LLM gateway call failed ({type(exc).__name__}); see the node's llm.attempt events",
                              retryable=retryable)  # fmt: skip
 
@@ -289,6 +295,12 @@ def failover_llm_class() -> type[Any]:
 
         def bind(self, bridge: GatewayBridge, scope: CallScope, label: str, model: str | None) -> None:
             self._bridge, self._scope, self._label, self._gateway_model = bridge, scope, label, model
+
+        def get_input_tokens_count(self, messages: Any, tools: Any = None, response_model: Any = None) -> int:
+            """One token per four characters (as CrewAI's fallback, without its warning on every call)."""
+            if isinstance(messages, str):
+                return estimate_tokens(messages)
+            return sum(estimate_tokens(_text(m.get("content")) or "") for m in messages)
 
         # CrewAI asks these before deciding how to prompt.
         def supports_function_calling(self) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -150,6 +151,7 @@ class CrewAIRuntime:
             allow_delegation=agent.allow_delegation,
             max_iter=agent.max_iter,
             max_retry_limit=0,  # the gateway already failed over; node retries follow the node's policy
+            step_callback=_step_logger(bridge, agent.id),
             verbose=self.verbose,
         )
 
@@ -162,14 +164,6 @@ class CrewAIRuntime:
                 "agent": str(getattr(output, "agent", "") or ""),
                 "output": _clip(str(getattr(output, "raw", "") or "")),
             })  # fmt: skip
-
-        def on_step(step: Any) -> None:
-            text = getattr(step, "text", None) or getattr(step, "output", None) or getattr(step, "result", None)
-            data: dict[str, Any] = {"event": "agent.step", "step": type(step).__name__, "text": _clip(str(text or ""))}
-            tool = getattr(step, "tool", None)
-            if tool:
-                data["tool"] = str(tool)
-            bridge.emit(EventKind.NODE_LOG, data)
 
         options: dict[str, Any] = {}
         if process == Process.HIERARCHICAL:
@@ -184,7 +178,6 @@ class CrewAIRuntime:
             memory=False,
             planning=False,
             task_callback=on_task,
-            step_callback=on_step,
             **options,
         )
 
@@ -224,14 +217,31 @@ class CrewAIRuntime:
         failure = bridge.failure
         if failure is None:
             return NodeExecutionError(f"{what}: {exc}", retryable=getattr(exc, "retryable", True))
-        retryable = bool(getattr(failure, "retryable", type(failure).__name__ != "BudgetExceeded"))
-        return NodeExecutionError(f"{what}: {failure}", retryable=retryable)
+        return NodeExecutionError(f"{what}: {failure}", retryable=bridge.failure_retryable)
+
+
+def _step_logger(bridge: GatewayBridge, agent_id: str) -> Any:
+    """A CrewAI step callback that emits each agent step (thought, tool use, final answer) as a log event."""
+
+    def on_step(step: Any) -> None:
+        text = getattr(step, "text", None) or getattr(step, "output", None) or getattr(step, "result", None)
+        data: dict[str, Any] = {"event": "agent.step", "agent": agent_id, "step": type(step).__name__,
+                                "text": _clip(str(text or ""))}  # fmt: skip
+        tool = getattr(step, "tool", None)
+        if tool:
+            data["tool"] = str(tool)
+        bridge.emit(EventKind.NODE_LOG, data)
+
+    return on_step
 
 
 def _crewai() -> Any:
     prepare_crewai_import()
     import crewai
 
+    # Our task/step callbacks are closures over the node's emitter; CrewAI warns they cannot be checkpointed
+    # (crewflow checkpoints nodes itself).
+    warnings.filterwarnings("ignore", message=r".*callbacks cannot be serialized", category=UserWarning)
     return crewai
 
 
