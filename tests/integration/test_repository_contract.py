@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from crewflow.adapters.sql.uow import SqlUnitOfWork, SqlUnitOfWorkFactory
+from crewflow.adapters.sql.uow import SqlUnitOfWork, SqlUnitOfWorkFactory, build_uow_factory
 from crewflow.domain.agents import Agent, Crew, CrewTask, Process
 from crewflow.domain.errors import Conflict, NotFound
 from crewflow.domain.execution import (
@@ -600,3 +600,28 @@ async def test_postgres_tenant_scope_ends_with_the_transaction(
         for c in conns:
             await c.close()
     assert paths == {'"$user", public'}
+
+
+async def test_postgres_statements_prepared_for_one_tenant_read_the_next_tenants_schema(postgres_url: str) -> None:
+    """One pooled connection, so asyncpg reuses its prepared statements across tenants: the schema of each
+    transaction still decides what they read (PostgreSQL re-plans them when search_path changes)."""
+    factory = build_uow_factory(postgres_url, pool_size=1)
+    tenants = [uuid.uuid4().hex[:16] for _ in range(2)]
+    try:
+        for tenant in tenants:
+            await factory.create_tenant_storage(tenant)
+        async with factory.for_tenant(tenants[0]) as uow:
+            await uow.agents.add(_agent(goal="first"), at=1.0)
+            await uow.commit()
+        for _ in range(3):
+            async with factory.for_tenant(tenants[0]) as uow:
+                assert (await uow.agents.get("researcher")).goal == "first"
+                assert len((await uow.agents.list()).items) == 1
+            async with factory.for_tenant(tenants[1]) as uow:
+                with pytest.raises(NotFound):
+                    await uow.agents.get("researcher")
+                assert (await uow.agents.list()).items == ()
+    finally:
+        for tenant in tenants:
+            await factory.drop_tenant_storage(tenant)
+        await factory.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -179,3 +179,12 @@ class SqlUnitOfWorkFactory:
 def build_uow_factory(database_url: str, *, pool_size: int = 20) -> SqlUnitOfWorkFactory:
     """The composition root's entry point: ``postgresql+asyncpg://…`` or ``sqlite+aiosqlite:///path.db``."""
     return SqlUnitOfWorkFactory(open_database(database_url, pool_size=pool_size))
+
+
+if TYPE_CHECKING:  # the adapters implement the ports (checked by mypy, no runtime cost)
+    from crewflow.ports.uow import PlatformUnitOfWork, UnitOfWork, UnitOfWorkFactory
+
+    def _implements(f: SqlUnitOfWorkFactory, u: SqlUnitOfWork, p: SqlPlatformUnitOfWork) -> None:
+        _f: UnitOfWorkFactory = f
+        _u: UnitOfWork = u
+        _p: PlatformUnitOfWork = p
