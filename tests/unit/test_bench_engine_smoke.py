@@ -47,15 +47,15 @@ def test_shapes(bench: ModuleType) -> None:
 
 
 @pytest.mark.parametrize("shape_name", ["chain", "fan"])
-async def test_floor_and_crewflow_run_every_node(bench: ModuleType, shape_name: str) -> None:
+async def test_floor_crewflow_and_langgraph_run_every_node(bench: ModuleType, shape_name: str) -> None:
     shape = bench.chain(12) if shape_name == "chain" else bench.fan(6)
     assert await bench.floor_run(shape) == shape.size
-    # raises when a run does not complete every node
-    floor, numbers = await bench.measure_core(shape, warmup=1, repeats=2)
-    assert floor > 0
-    assert numbers.run_us > 0
-    assert numbers.run_val_us > 0
-    assert numbers.validation_us > 0
+    # raises when a run does not complete every node (LangGraph: does not call every node once)
+    core = await bench.measure_core(shape, warmup=1, repeats=2, langgraph=True)
+    expected = {bench.FLOOR, bench.RUN, bench.RUN_VAL, bench.VALIDATION, bench.LG_ASYNC, bench.LG_SYNC}
+    assert set(core.wall) == expected
+    assert set(core.cpu) == expected
+    assert all(value > 0 for value in core.wall.values())
 
 
 async def test_makespan_of_sleeping_nodes(bench: ModuleType) -> None:
