@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -206,3 +207,11 @@ async def test_the_keys_rotate_command_refuses_a_missing_or_malformed_key_withou
     assert malformed.returncode == 2
     assert "32" in malformed.stderr
     assert bad_value.split(":")[1] not in malformed.stderr + malformed.stdout
+
+
+async def test_the_keys_rotate_command_reports_a_database_without_tables_in_one_line(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    result = await _cli(["keys", "rotate", "--database-url", url], {"CREWFLOW_SECRET_KEY": NEW})
+    assert result.returncode == 1
+    assert "database error: no such table" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -52,7 +52,7 @@ def handler(args: argparse.Namespace) -> int:
     database_url = (
         args.database_url or os.environ.get("CREWFLOW_DATABASE_URL") or Settings.from_env().effective_database_url
     )
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.exc import ArgumentError, DBAPIError
 
     from crewflow.adapters.sql.uow import build_uow_factory
 
@@ -61,7 +61,13 @@ def handler(args: argparse.Namespace) -> int:
     except (ValueError, ArgumentError) as exc:  # the messages name the problem, never the URL (it may hold a password)
         print(f"crewflow keys rotate: unusable database URL: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return asyncio.run(_rotate(factory, cipher, args.tenants))
+    try:
+        return asyncio.run(_rotate(factory, cipher, args.tenants))
+    except DBAPIError as exc:
+        # The driver's message only: SQLAlchemy's text would repeat the statement and its parameters.
+        reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc.orig).__name__
+        print(f"crewflow keys rotate: database error: {reason} (is the database migrated?)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 async def _rotate(factory: UnitOfWorkFactory, cipher: SecretCipher, tenants: list[str] | None) -> int:
