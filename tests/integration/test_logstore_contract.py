@@ -290,6 +290,7 @@ async def test_dropping_a_tenant_removes_its_records(harness: Harness) -> None:
     await harness.store.drop_tenant(tenant_id)
     await harness.store.drop_tenant(tenant_id)  # idempotent
     # (SQL: the log tables stay in the tenant's schema/file, empty, until the relational store drops it)
+    await harness.store.drop_tenant("t" + uuid.uuid4().hex[:12])  # a tenant that never existed: no error
     fresh = harness.store.for_tenant(tenant_id)
     assert await fresh.events_after("ex1") == []
     assert (await fresh.chat_messages("c1")).items == ()

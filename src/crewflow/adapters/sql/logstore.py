@@ -62,6 +62,8 @@ class SqlLogStore:
     async def drop_tenant(self, tenant_id: str) -> None:
         """Delete every log record of the tenant. The tables themselves belong to the tenant's schema (or
         file), which the relational store drops with the tenant; a tenant already gone is not an error."""
+        if not await self._database.tenant_exists(tenant_id):
+            return
         try:
             async with self._database.tenant_transaction(tenant_id) as conn:
                 for table in (EXECUTION_EVENTS, CHAT_MESSAGES, AUDIT_LOGS):
