@@ -6,6 +6,7 @@ Every test gets the ``uow_factory`` of one backend (see conftest.py) and fresh t
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -270,6 +271,10 @@ async def test_node_runs_are_checkpoints_replaced_per_node_and_deleted_with_thei
     async with uow_factory.for_tenant(tenant) as uow:
         assert await uow.node_runs.get("e1", "research") == _run()
         assert (await uow.node_runs.get("e1", "route")).branches == ("a", "b")
+        found = await uow.node_runs.find_many("e1", ["route", "write", "absent"])
+        assert sorted(found) == ["route", "write"]
+        assert found["write"] == _run("write", output="text")
+        assert await uow.node_runs.find_many("e1", []) == {}
         assert [r.node_id for r in (await uow.node_runs.list_for_execution("e1")).items] == [
             "research", "route", "write"]  # fmt: skip
     async with uow_factory.for_tenant(tenant) as uow:
@@ -426,6 +431,10 @@ async def test_cursor_pagination_walks_every_record_once_in_order(
 
         with pytest.raises(ValueError, match="cursor"):
             await uow.agents.list("not a cursor", limit=3)
+        crafted = base64.urlsafe_b64encode(b'["late", 3]').decode()  # wrong types for (created_at, id)
+        with pytest.raises(ValueError, match="cursor"):
+            await uow.executions.list(crafted, limit=2)
+        assert len((await uow.agents.list(limit=3)).items) == 3  # refused before reaching the database
         for bad in (0, 101):
             with pytest.raises(ValueError, match="limit"):
                 await uow.agents.list(limit=bad)
@@ -562,6 +571,7 @@ async def test_data_of_one_tenant_is_invisible_to_another_through_every_reposito
         assert (await uow.executions.list_for_flow("pipeline")).items == ()
         assert (await uow.node_runs.list_for_execution("e1")).items == ()
         assert await uow.node_runs.find("e1", "research") is None
+        assert await uow.node_runs.find_many("e1", ["research"]) == {}
         assert (await uow.providers.list()).items == ()
         assert (await uow.tools.list()).items == ()
         assert await uow.idempotency.find("k1") is None

@@ -12,7 +12,7 @@ otherwise). Times are epoch seconds passed in by the caller.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from crewflow.domain.agents import Agent, Crew
@@ -156,6 +156,10 @@ class NodeRunRepository(Protocol):
     async def get(self, execution_id: str, node_id: str) -> NodeRun: ...
 
     async def find(self, execution_id: str, node_id: str) -> NodeRun | None: ...
+
+    async def find_many(self, execution_id: str, node_ids: Collection[str]) -> dict[str, NodeRun]:
+        """The stored checkpoints among ``node_ids``, by node id (absent ones are left out)."""
+        ...
 
     async def save_many(self, runs: Sequence[NodeRun]) -> None:
         """``save`` for several checkpoints at once."""

@@ -41,6 +41,7 @@ _RUN_STATUS = {
     EventKind.RUN_FAILED: RunStatus.FAILED,
     EventKind.RUN_CANCELLED: RunStatus.CANCELLED,
 }
+_COUNTED = frozenset({EventKind.LLM_ATTEMPT})
 _ENDED = frozenset({EventKind.NODE_COMPLETED, EventKind.NODE_FAILED, EventKind.NODE_SKIPPED, EventKind.NODE_CANCELLED})
 
 
@@ -153,17 +154,14 @@ class CheckpointSink:
         if not fresh:
             return
         changes = _RunChanges(last_seq=stored.last_seq)
-        runs: dict[str, NodeRun] = {}
+        node_events = [e for e in fresh if e.node_id is not None and (e.kind in _NODE_STATUS or e.kind in _COUNTED)]
+        runs = await uow.node_runs.find_many(execution_id, {e.node_id for e in node_events if e.node_id})
         for event in fresh:
             changes.apply(event)
-            if event.node_id is None or (event.kind not in _NODE_STATUS and event.kind != EventKind.LLM_ATTEMPT):
-                continue
-            run = runs.get(event.node_id)
-            if run is None:
-                run = await uow.node_runs.find(execution_id, event.node_id) or NodeRun(
-                    execution_id, event.node_id, NodeStatus.PENDING
-                )
-            runs[event.node_id] = _fold_node(run, event)
+        for event in node_events:
+            node_id = event.node_id or ""
+            run = runs.get(node_id) or NodeRun(execution_id, node_id, NodeStatus.PENDING)
+            runs[node_id] = _fold_node(run, event)
         await uow.executions.record_progress(
             execution_id,
             last_seq=changes.last_seq,

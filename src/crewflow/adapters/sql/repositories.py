@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -111,13 +111,17 @@ def _decode_cursor(cursor: str, columns: Sequence[sa.ColumnElement[Any]]) -> lis
     if not isinstance(raw, list) or len(raw) != len(columns):
         raise ValueError("invalid cursor")
     values: list[Any] = []
-    for value in raw:
-        if isinstance(value, dict) and isinstance(value.get("t"), str):
+    for column, value in zip(columns, raw, strict=True):
+        expected = column.type.python_type
+        if expected is datetime and isinstance(value, dict) and isinstance(value.get("t"), str):
             try:
                 value = datetime.fromisoformat(value["t"])
             except ValueError:
                 raise ValueError("invalid cursor") from None
-        elif not isinstance(value, str | int | float) or isinstance(value, bool):
+        elif expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        # a value of the column's own type only: a crafted cursor must not reach the database as a type error
+        if isinstance(value, bool) or not isinstance(value, expected):
             raise ValueError("invalid cursor")
         values.append(value)
     return values
@@ -501,6 +505,14 @@ class SqlNodeRunRepository(_Repository):
         query = sa.select(NODE_RUNS).where(NODE_RUNS.c.execution_id == execution_id, NODE_RUNS.c.node_id == node_id)
         row = (await self._conn.execute(query)).first()
         return None if row is None else _node_run(row)
+
+    async def find_many(self, execution_id: str, node_ids: Collection[str]) -> dict[str, NodeRun]:
+        if not node_ids:
+            return {}
+        query = sa.select(NODE_RUNS).where(
+            NODE_RUNS.c.execution_id == execution_id, NODE_RUNS.c.node_id.in_(sorted(set(node_ids)))
+        )
+        return {run.node_id: run for run in map(_node_run, (await self._conn.execute(query)).all())}
 
     async def list_for_execution(self, execution_id: str, cursor: str | None = None, limit: int = 100) -> Page[NodeRun]:
         query = sa.select(NODE_RUNS).where(NODE_RUNS.c.execution_id == execution_id)
