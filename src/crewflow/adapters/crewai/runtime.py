@@ -13,6 +13,7 @@ its LLM calls reach the gateway on the engine's loop. Task outputs and agent ste
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 import warnings
@@ -261,7 +262,6 @@ def _sandbox_tool(sandbox: ToolSandbox | None, bridge: GatewayBridge, ref: ToolR
                   execution_id: str, node_id: str, attempt: int) -> Any:  # fmt: skip
     """A CrewAI tool whose every call runs ``ref`` in crewflow's tool sandbox (on the engine's loop)."""
     assert sandbox is not None
-    from crewai.tools import BaseTool
     from pydantic import ConfigDict, create_model
 
     properties = ref.input_schema.get("properties", {}) if isinstance(ref.input_schema, Mapping) else {}
@@ -284,18 +284,27 @@ def _sandbox_tool(sandbox: ToolSandbox | None, bridge: GatewayBridge, ref: ToolR
         output = asyncio.run_coroutine_threadsafe(call(), bridge.loop).result()
         return to_text(output)
 
-    tool_cls = type(
-        f"{_class_name(ref.id)}Tool",
-        (BaseTool,),
-        {
-            "__annotations__": {"name": str, "description": str, "args_schema": type},
-            "name": ref.id,
-            "description": ref.description or f"crewflow tool {ref.id}",
-            "args_schema": schema,
-            "_run": lambda self, **kwargs: run(**kwargs),
-        },
-    )
-    return tool_cls()
+    tool = _sandbox_tool_class()(name=ref.id, description=ref.description or f"crewflow tool {ref.id}",
+                                 args_schema=schema)  # fmt: skip
+    tool._call = run
+    return tool
+
+
+@functools.cache
+def _sandbox_tool_class() -> type[Any]:
+    from crewai.tools import BaseTool
+    from pydantic import PrivateAttr
+
+    class SandboxTool(BaseTool):
+        """A crewflow tool as CrewAI sees it; ``_call`` runs it in the sandbox."""
+
+        _call: Any = PrivateAttr(default=None)
+
+        def _run(self, **kwargs: Any) -> str:
+            result: str = self._call(**kwargs)
+            return result
+
+    return SandboxTool
 
 
 def _class_name(ident: str) -> str:
