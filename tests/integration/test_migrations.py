@@ -325,3 +325,34 @@ async def test_sqlite_migrate_upgrades_the_main_file_and_every_tenant_file_once(
                 assert "test_marker" in columns
     finally:
         await db.dispose()
+
+
+def test_crewflow_migrate_exits_1_and_names_the_schema_that_failed(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crewflow.entrypoints.cli import main
+
+    assert main(["migrate", "--database-url", pg_url, "--quiet"]) == 0
+    schemas = asyncio.run(make_tenants(pg_url, 3))
+    _admin_db(pg_url, f"UPDATE \"{schemas[0]}\".alembic_version SET version_num = 'from_the_future'")
+    capsys.readouterr()
+
+    code = main(["migrate", "--database-url", pg_url, "--concurrency", "2"])
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "1 failed" in out
+    assert f"FAILED {schemas[0]}" in err
+    assert "unknown revision 'from_the_future'" in err
+    assert main(["migrate", "--database-url", pg_url, "--concurrency", "0"]) == 2
+
+
+def _admin_db(pg_url: str, sql: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(**{**ADMIN, "database": pg_url.rsplit("/", 1)[1]})
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())

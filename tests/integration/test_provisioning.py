@@ -304,3 +304,55 @@ async def test_sqlite_registration_creates_a_stamped_tenant_file_and_drop_remove
         assert await provisioner.drop(t.id) is False
     finally:
         await provisioner.aclose()
+
+
+def test_tenants_cli_creates_lists_and_drops_a_tenant_on_postgres(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crewflow.entrypoints.cli import main
+
+    assert main(["migrate", "--database-url", pg_url, "--quiet"]) == 0
+    assert main(["tenants", "create", "acme", "--name", "Acme", "--id", "acme-1", "--database-url", pg_url]) == 0
+    assert "created tenant acme-1" in capsys.readouterr().out
+
+    assert main(["tenants", "list", "--json", "--database-url", pg_url]) == 0
+    listed = capsys.readouterr().out.strip().splitlines()
+    assert len(listed) == 1
+    assert '"db_schema": "tenant_acme_1"' in listed[0]
+
+    assert main(["tenants", "drop", "acme", "--database-url", pg_url]) == 2  # no --yes
+    assert "without --yes" in capsys.readouterr().err
+    assert main(["tenants", "drop", "acme", "--yes", "--database-url", pg_url]) == 0
+    assert main(["tenants", "list", "--database-url", pg_url]) == 0
+    assert "no tenants" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["tenants", "create", "Not A Slug"], "tenant slug"),
+        (["tenants", "create", "fine", "--id", "UPPER_case"], "cannot name a schema"),
+        (["tenants", "drop", "nobody", "--yes"], "no tenant"),
+    ],
+)
+def test_tenants_cli_rejects_bad_input_with_one_line_and_exit_2(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crewflow.entrypoints.cli import main
+
+    code = main([*argv, "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'crewflow.db'}"])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+def test_tenants_cli_on_an_unmigrated_postgres_database_says_to_migrate(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from crewflow.entrypoints.cli import main
+
+    assert main(["tenants", "create", "acme", "--database-url", pg_url]) == 1
+    assert "crewflow migrate" in capsys.readouterr().err
