@@ -356,3 +356,28 @@ def test_tenants_cli_on_an_unmigrated_postgres_database_says_to_migrate(
 
     assert main(["tenants", "create", "acme", "--database-url", pg_url]) == 1
     assert "crewflow migrate" in capsys.readouterr().err
+
+
+async def test_a_pooled_connection_is_replaced_after_serving_its_budget_of_tenants(pg_url: str) -> None:
+    from crewflow.adapters.sql.catalog_budget import limit_tenants_per_connection
+
+    await migrate(pg_url)
+    database = PostgresDatabase(pg_url, pool_size=1)
+    limit_tenants_per_connection(database.engine, max_tenants=3)
+    provisioner = PostgresProvisioner(database.engine)
+    tenants = [tenant() for _ in range(7)]
+    try:
+        for t in tenants:
+            await provisioner.register(t)
+        pids = []
+        for t in tenants:
+            async with database.tenant_transaction(t.id) as conn:
+                pids.append(await conn.scalar(sa.text("SELECT pg_backend_pid()")))
+                assert await conn.scalar(sa.text("SELECT count(*) FROM agents")) == 0
+    finally:
+        await database.dispose()
+
+    # one backend for tenants 1-3, a fresh one for 4-6, another for the 7th
+    assert pids[0] == pids[1] == pids[2]
+    assert pids[3] == pids[4] == pids[5] != pids[2]
+    assert pids[6] != pids[5]
