@@ -14,7 +14,7 @@ import pytest
 
 from crewflow.adapters.crewai.llm import GatewayBridge, chat_request_from_crewai, make_failover_llm
 from crewflow.adapters.crewai.runtime import CrewAIRuntime
-from crewflow.domain.agents import Agent, Crew, CrewTask, ToolRef
+from crewflow.domain.agents import Agent, Crew, CrewTask, Process, ToolRef
 from crewflow.domain.errors import NodeExecutionError
 from crewflow.domain.events import EventKind
 from crewflow.domain.failover import AllProvidersFailed, AttemptRecord, BudgetExceeded
@@ -226,7 +226,8 @@ async def test_tool_calls_pass_through_crewai_to_the_sandbox_and_back() -> None:
     assert second_request.messages[-1].tool_call_id == "call_1"
     assert outcome.output == "London has 8700000 people"
     steps = [e for e in emit.of(EventKind.NODE_LOG) if e["event"] == "agent.step"]
-    assert steps and steps[0]["agent"] == "geo"
+    assert steps
+    assert steps[0]["agent"] == "geo"
     assert outcome.input_tokens == 5 + 11
     assert len(outcome.llm_attempts) == 2
 
@@ -333,3 +334,31 @@ async def test_cancelling_the_node_abandons_the_llm_call_in_flight() -> None:
     await abandoned.wait()
     assert abandoned.is_set()
 
+
+
+async def test_a_hierarchical_crew_is_managed_by_a_failover_llm_that_delegates_through_tool_calls() -> None:
+    def reply(request: ChatRequest) -> ChatResponse:
+        system = request.messages[0].content or ""
+        tools = [t["function"]["name"] for t in request.tools]
+        if "delegate_work_to_coworker" in tools and not any(m.role == "tool" for m in request.messages):
+            arguments = json.dumps({"task": "Find facts on bees", "context": "none", "coworker": "Researcher"})
+            call = {"id": "d1", "type": "function",
+                    "function": {"name": "delegate_work_to_coworker", "arguments": arguments}}  # fmt: skip
+            return ChatResponse(None, "m", "p1", Usage(3, 2), tool_calls=(call,))
+        if system.startswith("You are Researcher"):
+            return answer("Final Answer: BEES-DANCE")
+        tool_results = [m.content or "" for m in request.messages if m.role == "tool"]
+        return answer(f"Manager summary: {tool_results[-1]}")
+
+    gateway = FakeGateway(reply, reply, reply)
+    crew = Crew(id="team", agents=("researcher",), tasks=(CrewTask("study", "Study bees", "facts"),),
+                process=Process.HIERARCHICAL, manager_provider="boss")  # fmt: skip
+    agents = {"researcher": Agent(id="researcher", role="Researcher", goal="Find facts")}
+    emit = Recorder()
+
+    outcome = await CrewAIRuntime(gateway).run_crew(CrewWork("t1", "e1", "team", 1, crew, agents, {}), emit)
+
+    scopes = [scope.provider for _, scope in gateway.calls]
+    assert scopes == ["boss", None, "boss"]  # manager, delegated researcher, manager again
+    assert outcome.output == "Manager summary: BEES-DANCE"
+    assert [a["agent"] for a in emit.of(EventKind.LLM_ATTEMPT)] == ["manager", "researcher", "manager"]
