@@ -474,6 +474,18 @@ def _node_run(row: sa.Row[Any]) -> NodeRun:
     )  # fmt: skip
 
 
+def _node_run_upsert(stmt: postgresql.Insert | sqlite.Insert) -> sa.Insert:
+    keys = ("execution_id", "node_id")
+    return stmt.on_conflict_do_update(
+        index_elements=[NODE_RUNS.c[k] for k in keys],
+        set_={c.name: stmt.excluded[c.name] for c in NODE_RUNS.c if c.name not in keys},
+    )
+
+
+# built once per dialect: the checkpoint sink runs it for every node start and end
+_NODE_RUN_UPSERT: dict[str, sa.Insert] = {}
+
+
 class SqlNodeRunRepository(_Repository):
     async def save(self, run: NodeRun) -> None:
         await self.save_many([run])
@@ -481,12 +493,9 @@ class SqlNodeRunRepository(_Repository):
     async def save_many(self, runs: Sequence[NodeRun]) -> None:
         if not runs:
             return
-        stmt = self._insert(NODE_RUNS)
-        keys = ("execution_id", "node_id")
-        upsert = stmt.on_conflict_do_update(
-            index_elements=[NODE_RUNS.c[k] for k in keys],
-            set_={c.name: stmt.excluded[c.name] for c in NODE_RUNS.c if c.name not in keys},
-        )
+        upsert = _NODE_RUN_UPSERT.get(self._session.dialect)
+        if upsert is None:
+            upsert = _NODE_RUN_UPSERT[self._session.dialect] = _node_run_upsert(self._insert(NODE_RUNS))
         try:
             await self._conn.execute(upsert, [_node_run_values(run) for run in runs])
         except IntegrityError as exc:
