@@ -362,3 +362,34 @@ async def test_a_hierarchical_crew_is_managed_by_a_failover_llm_that_delegates_t
     assert scopes == ["boss", None, "boss"]  # manager, delegated researcher, manager again
     assert outcome.output == "Manager summary: BEES-DANCE"
     assert [a["agent"] for a in emit.of(EventKind.LLM_ATTEMPT)] == ["manager", "researcher", "manager"]
+
+
+async def test_concurrent_nodes_keep_their_own_attempts_and_answers() -> None:
+    def by_node(request: ChatRequest) -> ChatResponse:
+        prompt = "\n".join(m.content or "" for m in request.messages)
+        return answer(f"Final Answer: {'ONE' if 'first job' in prompt else 'TWO'}", tokens=(3, 1))
+
+    gateway = FakeGateway(by_node, by_node)
+    runtime = CrewAIRuntime(gateway)
+    first, second = Recorder(), Recorder()
+    work_one = agent_work(WRITER, "Do the first job")
+    work_two = AgentWork(**{**{f: getattr(work_one, f) for f in work_one.__dataclass_fields__},
+                            "node_id": "other", "task": "Do the second job"})  # fmt: skip
+
+    one, two = await asyncio.gather(runtime.run_agent(work_one, first), runtime.run_agent(work_two, second))
+
+    assert (one.output, two.output) == ("ONE", "TWO")
+    assert len(one.llm_attempts) == 1
+    assert len(two.llm_attempts) == 1
+    assert len(first.of(EventKind.LLM_ATTEMPT)) == 1
+    assert len(second.of(EventKind.LLM_ATTEMPT)) == 1
+    assert sorted(scope.node_id or "" for _, scope in gateway.calls) == ["greet", "other"]
+
+
+async def test_an_empty_answer_fails_the_node_retryably() -> None:
+    gateway = FakeGateway(answer(""), answer(""), answer(""))
+
+    with pytest.raises(NodeExecutionError) as caught:
+        await CrewAIRuntime(gateway).run_agent(agent_work(WRITER), Recorder())
+    assert caught.value.retryable is True
+    assert "failed on CrewAI" in str(caught.value)

@@ -134,6 +134,16 @@ def test_every_crewai_example_project_imports_into_a_valid_flow(folder: Path) ->
     assert flow_from_dict(result.document) == result.flow
 
 
+async def test_an_imported_example_runs_offline_on_the_default_runtime() -> None:
+    from crewflow.entrypoints.library import arun
+
+    flow = import_crewai_path(EXAMPLES / "recruitment__recruitment").flow
+    result = await arun(flow, {"job_requirements": "Senior Python engineer"})
+
+    assert result.ok, result.error
+    assert result.outputs["result"]
+
+
 def test_example_placeholders_become_required_inputs_passed_to_the_crew() -> None:
     result = import_crewai_path(EXAMPLES / "write_a_book_with_flows__write_book_chapter_crew")
 

@@ -186,7 +186,10 @@ class CrewAIRuntime:
     async def _kickoff(self, bridge: GatewayBridge, build: Any, inputs: Mapping[str, Any] | None,
                        what: str) -> NodeOutcome:  # fmt: skip
         def run() -> Any:
-            crew = build()
+            try:
+                crew = build()
+            except (TypeError, ValueError, KeyError) as exc:  # pydantic rejected the definition
+                raise _InvalidDefinition(str(exc)) from None
             return crew.kickoff(inputs=dict(inputs) if inputs else None)
 
         try:
@@ -194,13 +197,11 @@ class CrewAIRuntime:
         except asyncio.CancelledError:
             bridge.cancel()  # the worker thread stops at its next LLM call
             raise
+        except _InvalidDefinition as exc:
+            raise NodeExecutionError(f"{what} is not a valid CrewAI definition: {exc}", retryable=False) from None
         except LLMCallFailed as exc:
             raise self._failure(bridge, what, exc) from None
-        except (KeyError, ValueError) as exc:
-            if bridge.failure is not None:
-                raise self._failure(bridge, what, exc) from None
-            raise NodeExecutionError(f"{what} could not run on CrewAI: {exc}", retryable=False) from None
-        except Exception as exc:
+        except Exception as exc:  # CrewAI's own errors (an empty answer, a parsing failure): retry per policy
             if bridge.failure is not None:
                 raise self._failure(bridge, what, exc) from None
             raise NodeExecutionError(f"{what} failed on CrewAI: {type(exc).__name__}: {exc}") from None
@@ -234,6 +235,10 @@ def _step_logger(bridge: GatewayBridge, agent_id: str) -> Any:
         bridge.emit(EventKind.NODE_LOG, data)
 
     return on_step
+
+
+class _InvalidDefinition(Exception):
+    """CrewAI refused to build the agents, tasks or crew (raised in the worker thread, before any LLM call)."""
 
 
 def _crewai() -> Any:
