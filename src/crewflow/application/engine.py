@@ -174,20 +174,21 @@ class _Run:
                 await self.done
         except asyncio.CancelledError:
             self.cancel("interrupted")
-            await self.settle()
+            await self.settle(interrupt=True)
             raise
         finally:
             if self.timer is not None:
                 self.timer.cancel()
-        await self.settle()
+        await self.settle(interrupt=False)
         return self.result()
 
-    async def settle(self) -> None:
-        """Wait for interrupted node tasks to unwind and hand every event to the sinks."""
-        leftovers = [t for t in self.tasks.values() if not t.done()]
-        for task in leftovers:
-            task.cancel()
-        if leftovers:
+    async def settle(self, *, interrupt: bool) -> None:
+        """Let node tasks that are still storing their last events finish (or, when the run is being torn
+        down, interrupt them), then hand every remaining event to the sinks."""
+        while leftovers := [t for t in self.tasks.values() if not t.done()]:
+            if interrupt:
+                for task in leftovers:
+                    task.cancel()
             await asyncio.gather(*leftovers, return_exceptions=True)
         await asyncio.shield(self.flush())
 
@@ -211,13 +212,24 @@ class _Run:
             self.unpublished.extend(events)
 
     async def flush(self) -> None:
-        if not self.unpublished:
+        """Deliver everything recorded so far. Taking the lock also waits for a delivery in progress, so
+        when this returns, every event recorded before the call is stored."""
+        if not self.sinks:
             return
         async with self.sink_lock:
             batch, self.unpublished = self.unpublished, []
             if batch:
-                for sink in self.sinks:
-                    await sink.publish(batch)
+                # A batch taken off the queue is delivered even if the caller is cancelled meanwhile.
+                delivery = asyncio.ensure_future(self.publish(batch))
+                try:
+                    await asyncio.shield(delivery)
+                except asyncio.CancelledError:
+                    await delivery
+                    raise
+
+    async def publish(self, batch: list[ExecutionEvent]) -> None:
+        for sink in self.sinks:
+            await sink.publish(batch)
 
     def emitter(self, node_id: str) -> Callable[[EventKind, Mapping[str, Any]], None]:
         def emit(kind: EventKind, data: Mapping[str, Any]) -> None:
@@ -247,7 +259,7 @@ class _Run:
                     instant = True
                 else:
                     self.tasks[node_id] = self.loop.create_task(self.run_node(node))
-            if self.unpublished:
+            if self.sinks:
                 await self.flush()
             if not instant:
                 break
@@ -270,7 +282,7 @@ class _Run:
     async def run_node(self, node: Node) -> None:
         scheduler = self.scheduler
         try:
-            if self.unpublished:
+            if self.sinks:
                 await self.flush()  # the node's start is checkpointed before its work begins
             try:
                 outcome = await self.execute(node, scheduler.nodes[node.id].attempts)
@@ -287,7 +299,7 @@ class _Run:
             else:
                 self.outcomes[node.id] = outcome
                 self.record(scheduler.complete(node.id, outcome.output, self.clock.now()))
-            if self.unpublished:
+            if self.sinks:
                 await self.flush()
         finally:
             if self.tasks.get(node.id) is asyncio.current_task():
