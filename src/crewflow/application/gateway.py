@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import msgspec
 import structlog
 
 from crewflow.domain.errors import NotFound
@@ -66,48 +65,56 @@ _CACHE_VERSION = "1"
 
 def cache_key(request: ChatRequest, model: str) -> str:
     """sha256 of the model, the messages and every parameter that changes the answer (not ``stream``)."""
-    payload = {
-        "v": _CACHE_VERSION,
-        "model": model,
-        "messages": [
-            [m.role, m.content, [dict(tc) for tc in m.tool_calls], m.tool_call_id, m.name] for m in request.messages
-        ],
-        "temperature": request.temperature,
-        "max_tokens": request.max_tokens,
-        "tools": [dict(t) for t in request.tools],
-        "tool_choice": request.tool_choice,
-        "stop": list(request.stop),
-        "extra": dict(request.extra),
-    }
-    raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(raw.encode()).hexdigest()
+    payload = (
+        _CACHE_VERSION,
+        model,
+        [(m.role, m.content, m.tool_calls, m.tool_call_id, m.name) for m in request.messages],
+        request.temperature,
+        request.max_tokens,
+        request.tools,
+        request.tool_choice,
+        request.stop,
+        request.extra,
+    )
+    return hashlib.sha256(_encoder.encode(payload)).hexdigest()
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    return str(obj)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_default, order="deterministic")
+_decoder = msgspec.json.Decoder()
 
 
 def _encode(response: ChatResponse) -> bytes:
-    return json.dumps(
-        {
-            "content": response.content,
-            "model": response.model,
-            "provider": response.provider,
-            "usage": [response.usage.input_tokens, response.usage.output_tokens],
-            "tool_calls": [dict(tc) for tc in response.tool_calls],
-            "finish_reason": response.finish_reason,
-        }
-    ).encode()
+    return _encoder.encode(
+        (
+            response.content,
+            response.model,
+            response.provider,
+            response.usage.input_tokens,
+            response.usage.output_tokens,
+            response.tool_calls,
+            response.finish_reason,
+        )
+    )
 
 
 def _decode(raw: bytes) -> ChatResponse | None:
     try:
-        d = json.loads(raw)
+        content, model, provider, input_tokens, output_tokens, tool_calls, finish_reason = _decoder.decode(raw)
         return ChatResponse(
-            content=d["content"],
-            model=d["model"],
-            provider=d["provider"],
-            usage=Usage(int(d["usage"][0]), int(d["usage"][1])),
-            tool_calls=tuple(d["tool_calls"]),
-            finish_reason=d["finish_reason"],
+            content=content,
+            model=model,
+            provider=provider,
+            usage=Usage(int(input_tokens), int(output_tokens)),
+            tool_calls=tuple(tool_calls),
+            finish_reason=finish_reason,
         )
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (msgspec.DecodeError, ValueError, TypeError):
         return None  # an entry from another version: treat as a miss
 
 
@@ -227,7 +234,17 @@ class Gateway:
             on_attempt(record.to_dict())
         if request.stream and on_token is not None and cached.content:
             on_token(cached.content)
-        return replace(cached, attempts=(record.to_dict(),), cost=0.0, cached=True)
+        return ChatResponse(
+            content=cached.content,
+            model=cached.model,
+            provider=cached.provider,
+            usage=cached.usage,
+            tool_calls=cached.tool_calls,
+            finish_reason=cached.finish_reason,
+            attempts=(record.to_dict(),),
+            cost=0.0,
+            cached=True,
+        )
 
     async def _call(
         self,
@@ -350,10 +367,23 @@ class Gateway:
             cost=cost,
         )
         attempts.append(record)
-        self._report(record, on_attempt)
+        as_dict = record.to_dict()
+        if on_attempt is not None:
+            on_attempt(as_dict)
         metrics = self._metrics
         if metrics is not None:
             metrics.inc("llm_api_calls_total", {"provider": entry.name, "status": "success"})
             metrics.inc("llm_tokens_total", {"provider": entry.name, "direction": "input"}, usage.input_tokens)
             metrics.inc("llm_tokens_total", {"provider": entry.name, "direction": "output"}, usage.output_tokens)
-        return replace(response, attempts=tuple(a.to_dict() for a in attempts), cost=cost, cached=False)
+        history = (*(a.to_dict() for a in attempts[:-1]), as_dict) if len(attempts) > 1 else (as_dict,)
+        return ChatResponse(
+            content=response.content,
+            model=response.model,
+            provider=response.provider,
+            usage=usage,
+            tool_calls=response.tool_calls,
+            finish_reason=response.finish_reason,
+            attempts=history,
+            cost=cost,
+            cached=False,
+        )
