@@ -453,3 +453,15 @@ def test_cli_export_of_an_invalid_flow_exits_2(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err
     assert "unknown agent 'ghost'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_project_laid_out_by_crewai_create_is_found_under_src_pkg_config(tmp_path: Path) -> None:
+    config = tmp_path / "my_crew" / "src" / "my_crew" / "config"
+    config.mkdir(parents=True)
+    _write(config, "agents.yaml", AGENTS)
+    _write(config, "tasks.yaml", TASKS)
+
+    result = import_crewai_path(tmp_path / "my_crew")
+
+    assert result.flow.id == "my_crew"
+    assert [t.name for t in result.flow.crews["my_crew"].tasks] == ["research", "analyse", "write"]
