@@ -30,22 +30,20 @@ _SET_SEARCH_PATH = re.compile(r'search_path\s+(?:TO|=)\s+"?(tenant_[a-z0-9_]+)"?
 
 
 def _schemas_in(statement: str, parameters: Any) -> list[str]:
-    if "search_path" in statement:
-        return _SET_SEARCH_PATH.findall(statement)
-    if "set_config" not in statement or not parameters:
-        return []
+    """Tenant schemas a statement scopes the connection to: ``SET [LOCAL] search_path TO "tenant_x"`` or
+    ``set_config('search_path', $1, ...)`` with ``"tenant_x"`` among the parameters."""
     if isinstance(parameters, dict):
         values = list(parameters.values())
     elif isinstance(parameters, list | tuple):
         values = list(parameters)
     else:
+        values = []
+    if "search_path" not in statement and "search_path" not in values:
         return []
-    if "search_path" not in values:
-        return []
-    found = []
-    for value in values:
-        if isinstance(value, str):
-            match = _SCHEMA_VALUE.match(value)
+    found: list[str] = _SET_SEARCH_PATH.findall(statement)
+    if "set_config" in statement:
+        for value in values:
+            match = _SCHEMA_VALUE.match(value) if isinstance(value, str) else None
             if match:
                 found.append(match.group(1))
     return found
