@@ -28,6 +28,8 @@ class Settings:
     redis_url: str | None = None
     mongodb_url: str | None = None
     default_provider: str = "scripted"
+    providers_file: str | None = None
+    tenant: str = "local"
     max_parallel: int = 8
     db_pool_size: int = 20
     log_level: str = "info"
@@ -43,6 +45,8 @@ class Settings:
             redis_url=env.get("CREWFLOW_REDIS_URL") or None,
             mongodb_url=env.get("CREWFLOW_MONGODB_URL") or None,
             default_provider=env.get("CREWFLOW_DEFAULT_PROVIDER", "scripted"),
+            providers_file=env.get("CREWFLOW_PROVIDERS") or None,
+            tenant=env.get("CREWFLOW_TENANT", "local"),
             max_parallel=_int(env, "CREWFLOW_MAX_PARALLEL", 8),
             db_pool_size=_int(env, "CREWFLOW_DB_POOL_SIZE", 20),
             log_level=env.get("CREWFLOW_LOG_LEVEL", "info"),

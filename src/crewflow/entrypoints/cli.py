@@ -19,6 +19,7 @@ from crewflow.domain.events import EventKind, ExecutionEvent
 from crewflow.domain.flow import Flow
 from crewflow.domain.scheduler import NodeStatus
 from crewflow.domain.templates import to_text
+from crewflow.ports.events import EventSink
 
 __all__ = ["main"]
 
@@ -109,6 +110,9 @@ def _run_file(path: str, args: argparse.Namespace) -> int:
     progress = _Progress(flow, enabled=not args.quiet and not args.json)
     try:
         result = asyncio.run(_execute(flow, graph, inputs, args, progress))
+    except UsageError as exc:
+        print(f"crewflow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("crewflow: interrupted", file=sys.stderr)
         return EXIT_FAILED
@@ -123,13 +127,78 @@ def _run_file(path: str, args: argparse.Namespace) -> int:
 
 async def _execute(flow: Flow, graph: Any, inputs: Mapping[str, Any], args: argparse.Namespace,
                    progress: _Progress) -> Any:  # fmt: skip
-    from crewflow.bootstrap import build_engine
+    """Run in-process. With a providers file, non-scripted agents run on CrewAI over the failover gateway;
+    with a database URL the run is recorded (execution, node checkpoints, events) in the tenant's store."""
+    from crewflow.bootstrap import LocalLLM, build_engine, build_local_llm
+    from crewflow.entrypoints.providers_file import load_providers_file
+    from crewflow.settings import Settings
 
-    engine = build_engine()
-    return await engine.run(
-        flow, inputs, graph=graph, listeners=(progress.on_event,), max_parallel=args.max_parallel,
-        timeout=args.timeout,
-    )  # fmt: skip
+    settings = Settings.from_env()
+    tenant = args.tenant or settings.tenant
+    providers_path = args.providers or settings.providers_file
+    database_url = args.database_url or settings.database_url
+    llm: LocalLLM | None = None
+    if providers_path:
+        providers = load_providers_file(providers_path)
+        llm = build_local_llm(tenant, providers.providers, providers.budget)
+    try:
+        engine = build_engine(settings, gateway=llm.gateway if llm else None)
+        options: dict[str, Any] = {"graph": graph, "listeners": (progress.on_event,),
+                                   "max_parallel": args.max_parallel, "timeout": args.timeout}  # fmt: skip
+        if not database_url:
+            return await engine.run(flow, inputs, tenant_id=tenant, **options)
+        return await _execute_recorded(engine, database_url, tenant, flow, inputs, options)
+    finally:
+        if llm is not None:
+            await llm.aclose()
+
+
+async def _execute_recorded(engine: Any, database_url: str, tenant: str, flow: Flow, inputs: Mapping[str, Any],
+                            options: dict[str, Any]) -> Any:  # fmt: skip
+    from crewflow.adapters.sql import CheckpointSink, SqlUnitOfWorkFactory, open_database
+    from crewflow.adapters.sql.logstore import SqlLogStore
+    from crewflow.application.event_sinks import LogStoreSink
+    from crewflow.application.run_flow import run_recorded
+
+    tenant_id = await _ensure_tenant(database_url, tenant)
+    database = open_database(database_url)
+    try:
+        uow_factory = SqlUnitOfWorkFactory(database)
+        sinks: list[EventSink] = [CheckpointSink(uow_factory, tenant_id),
+                                  LogStoreSink(SqlLogStore(database).for_tenant(tenant_id))]  # fmt: skip
+        return await run_recorded(engine, uow_factory, tenant_id, flow, inputs, sinks=sinks, **options)
+    finally:
+        await database.dispose()
+
+
+async def _ensure_tenant(database_url: str, tenant: str) -> str:
+    """The tenant's id (given its id or slug). The default ``local`` tenant is created on first use; any
+    other tenant must exist (``crewflow tenants create``)."""
+    from datetime import UTC, datetime
+
+    from crewflow.adapters.sql.engine import tenant_schema
+    from crewflow.adapters.sql.provisioning import open_provisioner
+    from crewflow.domain.tenancy import Tenant
+
+    provisioner = open_provisioner(database_url)
+    try:
+        try:
+            tenants = await provisioner.list_tenants()
+        except Exception as exc:
+            if "UndefinedTable" in type(exc).__name__ or "no such table" in str(exc):
+                raise UsageError("the database has no crewflow tables yet; run: crewflow migrate") from None
+            raise
+        for known in tenants:
+            if tenant in (known.id, known.slug):
+                return known.id
+        if tenant != "local":
+            raise UsageError(f"tenant {tenant!r} does not exist (create it with: crewflow tenants create {tenant})")
+        local = Tenant(id="local", slug="local", name="Local", db_schema=tenant_schema("local"),
+                       created_at=datetime.now(UTC))  # fmt: skip
+        await provisioner.register(local)
+        return local.id
+    finally:
+        await provisioner.aclose()
 
 
 class _Progress:
@@ -232,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--quiet", "-q", action="store_true", help="no live progress")
         p.add_argument("--max-parallel", type=int, default=None, help="nodes running at once")
         p.add_argument("--timeout", type=float, default=None, help="fail the run after this many seconds")
+        p.add_argument("--providers", metavar="FILE", help="LLM providers file (default: $CREWFLOW_PROVIDERS)")
+        p.add_argument("--tenant", help="tenant id or slug the run belongs to (default: $CREWFLOW_TENANT or local)")
+        p.add_argument("--database-url", help="record the run in this database (default: $CREWFLOW_DATABASE_URL;"
+                       " none: the run is not stored)")  # fmt: skip
         p.set_defaults(func=handler)
 
     for module in EXTENSIONS:
@@ -244,13 +317,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from crewflow.entrypoints.logs import configure_logging
+    from crewflow.settings import Settings
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        configure_logging(Settings.from_env())
         code: int = args.func(args)
     except (ValueError, OSError) as exc:  # configuration and file-system errors: one line, no traceback
         print(f"crewflow: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in ("sqlalchemy", "asyncpg", "aiosqlite", "sqlite3"):
+            raise
+        # A database that is down or refuses: one line naming the error class, never the SQL or parameters.
+        print(f"crewflow: error: database error ({type(exc).__name__})", file=sys.stderr)
+        return EXIT_FAILED
     return code
 
 

@@ -27,6 +27,7 @@ class ProviderRoutingRuntime:
         self.default_provider = default_provider
 
     def _for(self, provider: str | None) -> AgentRuntime:
+        """``default_provider`` "" means: agents without a provider use the tenant's provider chain."""
         if (provider or self.default_provider) == SCRIPTED:
             return self.scripted
         if self._llm is None:
@@ -43,4 +44,4 @@ class ProviderRoutingRuntime:
     async def run_crew(self, work: CrewWork, emit: NodeEmitter) -> NodeOutcome:
         providers = {a.provider or self.default_provider for a in work.agents.values()}
         provider = SCRIPTED if providers == {SCRIPTED} else next(p for p in sorted(providers) if p != SCRIPTED)
-        return await self._for(provider).run_crew(work, emit)
+        return await self._for(provider or None).run_crew(work, emit)

@@ -1,0 +1,34 @@
+"""Logging set-up for the command line and servers: structlog key/value events on stderr (stdout stays
+for results), readable in a terminal, JSON otherwise or when ``CREWFLOW_LOG_FORMAT=json``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+from crewflow.settings import Settings
+
+__all__ = ["configure_logging"]
+
+
+def configure_logging(settings: Settings) -> None:
+    level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
+    as_json = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(stream=sys.stderr, level=max(level, logging.WARNING),
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
