@@ -7,9 +7,9 @@ The local LLM server (``crewflow.testing.llm_server``) runs as a separate proces
 not share an event loop. Parts:
 
 (a) added latency: a direct aiohttp call (one kept-alive session, msgspec JSON, the same body) against
-    ``Gateway.complete`` (registry, cache miss with a unique prompt, budget check off, metrics on, attempt
-    record) through the OpenAI-compatible adapter, interleaved in rounds so machine noise hits both alike;
-    sequential and 20 concurrent calls.
+    ``Gateway.complete`` (registry, cache miss with a unique prompt, no budget, metrics on, attempt
+    record) through the OpenAI-compatible adapter, alternating call by call so machine noise hits both
+    alike; sequential and 20 concurrent calls; plus the event-loop thread's CPU time per call.
 (b) the same with LiteLLM's ``Router`` (three deployments, fallbacks g1 → g2 → g3), if litellm imports.
 (c) failover: 10,000 calls (20 concurrent) with providers p1 and p2 failing every call with a random
     429 / 500 / 503 / hang (client timeout 0.5 s) and p3 healthy, in that priority order. Success rate,
@@ -476,8 +476,8 @@ async def main() -> None:
         f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} ({os.cpu_count()} cores, Python "
         f"{platform.python_version()}, {platform.machine()}), command: "
         f"`.venv/bin/python bench/gateway_overhead.py{' --quick' if args.quick else ''}`. Other helpers were "
-        "using the same 2 cores during the run, so absolute numbers are noisy; contenders are interleaved in "
-        "alternating rounds so the noise hits them alike.",
+        "using the same 2 cores during the run, so absolute numbers are noisy; contenders alternate call by "
+        "call so the noise hits them alike.",
         "",
     ]
     async with Server() as server:

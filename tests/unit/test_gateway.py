@@ -324,3 +324,53 @@ async def test_an_unknown_tenant_is_not_found() -> None:
     gateway, _, _, _ = setup(FakeProvider("a"))
     with pytest.raises(NotFound):
         await gateway.complete(ask(), CallScope("ghost"))
+
+
+# ------------------------------------------------------------------- adapters the gateway relies on
+
+
+async def test_the_memory_cache_expires_entries_and_evicts_the_least_recently_used() -> None:
+    now = [0.0]
+    cache = MemoryCache(max_entries=2, default_ttl=10, clock=lambda: now[0])
+    await cache.set("ns", "a", b"1")
+    await cache.set("ns", "b", b"2", ttl=100)
+    assert await cache.get("ns", "a") == b"1"  # a is now the most recently used
+    await cache.set("ns", "c", b"3")  # evicts b
+    assert await cache.get("ns", "b") is None
+    assert await cache.get("other", "a") is None  # namespaces are separate
+    now[0] = 10.0
+    assert await cache.get("ns", "a") is None  # expired
+    assert await cache.get("ns", "c") is None
+    await cache.set("ns", "d", b"4")
+    await cache.delete("ns", "d")
+    assert await cache.get("ns", "d") is None
+
+
+async def test_the_scripted_provider_plays_its_script_then_answers_by_default() -> None:
+    from crewflow.adapters.llm.scripted import ScriptedProvider, ScriptedReply, tool_call
+
+    call = tool_call("search", {"q": "x"})
+    provider = ScriptedProvider(
+        "offline", script=[RateLimited("busy", retry_after=1), ScriptedReply(tool_calls=(call,)), "fixed"]
+    )
+    with pytest.raises(RateLimited):
+        await provider.complete(ask())
+    assert (await provider.complete(ask())).tool_calls == (call,)
+    assert (await provider.complete(ask())).content == "fixed"
+    crew_prompt = ChatRequest(
+        (ChatMessage("system", "Use the format ... Final Answer: ..."), ChatMessage("user", "Current Task: x"))
+    )
+    answer = await provider.complete(crew_prompt)
+    assert (answer.content or "").startswith("Thought: I now can give a great answer\nFinal Answer: ")
+    again = await provider.complete(crew_prompt)
+    assert again.content == answer.content  # deterministic
+
+
+async def test_a_registry_configured_from_configs_feeds_the_gateway() -> None:
+    registry = InMemoryProviderRegistry()
+    registry.configure("acme", [ProviderConfig("offline", "scripted", "scripted-model", price=Price(1, 1))])
+    gateway = Gateway(registry)
+    response = await gateway.complete(ask("what is up"), CallScope("acme"))
+    assert "what is up" in (response.content or "")
+    assert response.cost > 0
+    await registry.close()

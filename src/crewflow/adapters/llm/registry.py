@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from crewflow.domain.errors import NotFound
 from crewflow.domain.failover import Budget
-from crewflow.ports.llm import ProviderEntry, TenantLLMConfig
+from crewflow.ports.llm import ProviderConfig, ProviderEntry, TenantLLMConfig
 
 __all__ = ["InMemoryProviderRegistry"]
 
@@ -23,6 +23,13 @@ class InMemoryProviderRegistry:
         if len(set(names)) != len(names):
             raise ValueError(f"tenant {tenant_id!r}: provider names must be unique")
         self._tenants[tenant_id] = TenantLLMConfig(ordered, budget)
+
+    def configure(self, tenant_id: str, configs: Iterable[ProviderConfig], budget: Budget | None = None) -> None:
+        """Build an adapter for each config (``build_provider``) and set them as the tenant's providers.
+        Adapters of the tenant's previous configuration are not closed here (calls may still use them)."""
+        from crewflow.adapters.llm import build_provider
+
+        self.set_tenant(tenant_id, [ProviderEntry(c, build_provider(c)) for c in configs], budget)
 
     def remove_tenant(self, tenant_id: str) -> None:
         self._tenants.pop(tenant_id, None)
