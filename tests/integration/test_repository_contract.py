@@ -489,6 +489,9 @@ async def test_tenant_storage_is_created_once_and_dropping_it_removes_everything
         await uow.commit()
     await uow_factory.drop_tenant_storage(tenant)
     assert not await uow_factory.database.tenant_exists(tenant)
+    with pytest.raises(NotFound, match="tenant storage"):
+        async with uow_factory.for_tenant(tenant):
+            pass
     await uow_factory.create_tenant_storage(tenant)
     async with uow_factory.for_tenant(tenant) as uow:
         assert (await uow.agents.list()).items == ()

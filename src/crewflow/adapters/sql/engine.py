@@ -67,7 +67,8 @@ class SqlDatabase(ABC):
     @abstractmethod
     async def begin_tenant(self, tenant_id: str) -> AsyncConnection:
         """A connection inside a new transaction that sees only this tenant's tables. The caller commits
-        or rolls back, then closes it."""
+        or rolls back, then closes it. ``NotFound`` when the tenant has no storage (never provisioned, or
+        dropped)."""
 
     @abstractmethod
     async def begin_platform(self) -> AsyncConnection:
@@ -147,6 +148,12 @@ async def drop_tenant_schema(engine: AsyncEngine, tenant_id: str) -> None:
         await conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {_quoted(conn, schema)} CASCADE"))
 
 
+_SCOPE = sa.text(
+    "SELECT set_config('search_path', :path, true), "
+    "EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = :schema)"
+)
+
+
 class PostgresDatabase(SqlDatabase):
     dialect_name = "postgresql"
 
@@ -167,11 +174,14 @@ class PostgresDatabase(SqlDatabase):
         )  # fmt: skip
 
     async def begin_tenant(self, tenant_id: str) -> AsyncConnection:
-        path = _quoted(self.engine, tenant_schema(tenant_id))
+        schema = tenant_schema(tenant_id)
         conn = await self.engine.connect()
         try:
             await conn.begin()
-            await conn.execute(sa.select(sa.func.set_config("search_path", path, True)))
+            # one round trip: scope the transaction (SET LOCAL) and check the schema exists
+            row = (await conn.execute(_SCOPE, {"path": _quoted(self.engine, schema), "schema": schema})).one()
+            if not row[1]:
+                raise NotFound("tenant storage", tenant_id)
         except BaseException:
             await conn.close()
             raise
