@@ -224,6 +224,24 @@ async def test_concurrent_edits_of_one_version_let_exactly_one_win(
         assert [v.version for v in (await uow.flows.list_versions("pipeline")).items] == [2, 1]
 
 
+async def test_many_concurrent_units_of_work_on_one_tenant_all_commit(
+    uow_factory: SqlUnitOfWorkFactory, new_tenant: NewTenant
+) -> None:
+    tenant = await new_tenant()
+
+    async def write(index: int) -> None:
+        async with uow_factory.for_tenant(tenant) as uow:
+            await uow.executions.add(_execution(f"c-{index:02d}", created_at=float(index)))
+            await uow.node_runs.save(_run("n", execution_id=f"c-{index:02d}"))
+            assert (await uow.executions.get(f"c-{index:02d}")).created_at == float(index)
+            await uow.commit()
+
+    await asyncio.gather(*(write(i) for i in range(24)))  # more than the pool holds: callers queue
+    async with uow_factory.for_tenant(tenant) as uow:
+        page = await uow.executions.list(limit=100)
+    assert [e.id for e in page.items] == [f"c-{i:02d}" for i in reversed(range(24))]
+
+
 async def test_executions_record_progress_and_list_per_flow_newest_first(
     uow_factory: SqlUnitOfWorkFactory, new_tenant: NewTenant
 ) -> None:
