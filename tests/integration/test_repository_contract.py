@@ -656,3 +656,16 @@ async def test_postgres_statements_prepared_for_one_tenant_read_the_next_tenants
         for tenant in tenants:
             await factory.drop_tenant_storage(tenant)
         await factory.close()
+
+
+async def test_database_errors_do_not_carry_the_values_written(
+    uow_factory: SqlUnitOfWorkFactory, new_tenant: NewTenant
+) -> None:
+    """A sealed key (or any run data) must not leak through the text of a database error."""
+    tenant = await new_tenant()
+    async with uow_factory.for_tenant(tenant) as uow:
+        with pytest.raises(NotFound) as caught:
+            await uow.node_runs.save(_run(execution_id="missing", output="secret-output-7f3a"))
+    cause = caught.value.__cause__ or caught.value.__context__
+    assert cause is not None
+    assert "secret-output-7f3a" not in str(cause)

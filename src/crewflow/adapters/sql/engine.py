@@ -168,6 +168,7 @@ class PostgresDatabase(SqlDatabase):
             raise ValueError("pool_size must be at least 1")
         connect_args = dict(engine_kw.pop("connect_args", {}))
         connect_args.setdefault("prepared_statement_cache_size", prepared_statement_cache_size)
+        engine_kw.setdefault("hide_parameters", True)  # sealed keys and run data never reach errors or logs
         self.engine = create_async_engine(
             url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=pool_recycle,
             connect_args=connect_args, **engine_kw,
@@ -214,7 +215,8 @@ class PostgresDatabase(SqlDatabase):
 
 # -- SQLite ----------------------------------------------------------------------------------------------
 def _sqlite_engine(url: URL, **kw: Any) -> AsyncEngine:
-    engine = create_async_engine(url, connect_args={"timeout": 30}, **kw)
+    # hide_parameters: sealed keys and run data never reach error messages or logs
+    engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True, **kw)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
