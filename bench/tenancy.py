@@ -83,37 +83,28 @@ async def timed(fn: Callable[[], Awaitable[Any]]) -> float:
 
 # -- 1. provisioning --------------------------------------------------------------------------------------
 async def bench_provisioning(url: str, n: int) -> dict[str, Any]:
+    """The four ways, interleaved tenant by tenant so each sees the same (shared, noisy) machine."""
     db = PostgresDatabase(url, pool_size=2)
     plain = PostgresProvisioner(db.engine)
     pooled = PostgresProvisioner(db.engine, spare_pool_size=n)
+    times: dict[str, list[float]] = {"create_all": [], "ddl_schema_only": [], "ddl_register": [], "spare_register": []}
     out: dict[str, Any] = {}
     try:
-        warm = [f"warm-{i}" for i in range(3)]
-        for tid in warm:  # warm the pool and the server's caches
+        for tid in (f"warm-{i}" for i in range(3)):  # warm the pool and the server's caches
             await plain.register(tenant(tid))
-        out["create_all"] = summary_ms(
-            [await timed(lambda i=i: create_tenant_schema(db.engine, f"ca-{i:05d}")) for i in range(n)]
-        )
-        out["ddl_schema_only"] = summary_ms(
-            [await timed(lambda i=i: plain.create_schema(f"dd-{i:05d}")) for i in range(n)]
-        )
-        out["ddl_register"] = summary_ms(
-            [await timed(lambda i=i: plain.register(tenant(f"dr-{i:05d}"))) for i in range(n)]
-        )
         fill_started = time.perf_counter()
         await pooled.fill_spares()
-        fill = time.perf_counter() - fill_started
-        times = []
+        out["spare_fill_per_schema_ms"] = round((time.perf_counter() - fill_started) / n * 1000, 3)
         for i in range(n):
-            t = tenant(f"sp-{i:05d}")
+            times["create_all"].append(await timed(lambda i=i: create_tenant_schema(db.engine, f"ca-{i:05d}")))
+            times["ddl_schema_only"].append(await timed(lambda i=i: plain.create_schema(f"dd-{i:05d}")))
+            times["ddl_register"].append(await timed(lambda i=i: plain.register(tenant(f"dr-{i:05d}"))))
             started = time.perf_counter()
-            result = await pooled.register(t)
-            times.append(time.perf_counter() - started)
+            result = await pooled.register(tenant(f"sp-{i:05d}"))
+            times["spare_register"].append(time.perf_counter() - started)
             assert result.from_spare, "the pool ran dry"
-        out["spare_register"] = summary_ms(times)
-        out["spare_fill_per_schema_ms"] = round(fill / n * 1000, 3)
-        drops = [await timed(lambda i=i: plain.drop(f"dr-{i:05d}")) for i in range(min(n, 50))]
-        out["drop"] = summary_ms(drops)
+        out.update({key: summary_ms(values) for key, values in times.items()})
+        out["drop"] = summary_ms([await timed(lambda i=i: plain.drop(f"dr-{i:05d}")) for i in range(min(n, 50))])
     finally:
         await db.dispose()
     return out
@@ -139,14 +130,37 @@ async def typical_read(factory: SqlUnitOfWorkFactory, tenant_id: str) -> None:
         await read_in(uow)
 
 
-async def bench_reads(url: str, tenant_id: str, n: int) -> dict[str, float]:
-    factory = SqlUnitOfWorkFactory(PostgresDatabase(url, pool_size=2))
+async def bench_reads(url_a: str, url_b: str, tenant_id: str, n: int) -> tuple[dict[str, float], dict[str, float]]:
+    """The same read of the same tenant in two databases, alternating A, B, A, B… so both see the same load."""
+    a = SqlUnitOfWorkFactory(PostgresDatabase(url_a, pool_size=2))
+    b = SqlUnitOfWorkFactory(PostgresDatabase(url_b, pool_size=2))
+    times_a: list[float] = []
+    times_b: list[float] = []
     try:
         for _ in range(200):
-            await typical_read(factory, tenant_id)
-        return summary_ms([await timed(lambda: typical_read(factory, tenant_id)) for _ in range(n)])
+            await typical_read(a, tenant_id)
+            await typical_read(b, tenant_id)
+        for _ in range(n):
+            times_a.append(await timed(lambda: typical_read(a, tenant_id)))
+            times_b.append(await timed(lambda: typical_read(b, tenant_id)))
+        return summary_ms(times_a), summary_ms(times_b)
     finally:
-        await factory.close()
+        await a.close()
+        await b.close()
+
+
+async def new_database(name: str) -> str:
+    """Create a migrated database holding the seeded ``reader`` tenant; returns its URL."""
+    await admin(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+asyncpg://{USER}@{HOST}:{PORT}/{name}"
+    assert (await migrate(url)).ok
+    db = PostgresDatabase(url, pool_size=2)
+    try:
+        await PostgresProvisioner(db.engine).register(tenant("reader"))
+        await seed(SqlUnitOfWorkFactory(db), "reader")
+    finally:
+        await db.dispose()
+    return url
 
 
 # -- tenants in bulk --------------------------------------------------------------------------------------
@@ -272,37 +286,36 @@ def step(label: str) -> None:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     name = f"crewflow_bench_{uuid.uuid4().hex[:10]}"
-    url = f"postgresql+asyncpg://{USER}@{HOST}:{PORT}/{name}"
-    await admin(f'CREATE DATABASE "{name}"')
+    single = f"{name}_single"  # stays at one tenant: the reference for reads
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_start": os.getloadavg()},
         "params": vars(args),
     }
     try:
-        assert (await migrate(url)).ok
+        step("databases")
+        url = await new_database(name)
+        url_single = await new_database(single)
         conn = await asyncpg.connect(host=HOST, port=PORT, user=USER, database=name)
         results["machine"]["postgres"] = await conn.fetchval("SHOW server_version")
         await conn.close()
 
-        step("reads with 1 tenant")
-        db = PostgresDatabase(url, pool_size=2)
-        await PostgresProvisioner(db.engine).register(tenant("reader"))
-        await seed(SqlUnitOfWorkFactory(db), "reader")
-        await db.dispose()
-        reads_1 = await bench_reads(url, "reader", args.reads)
+        step("reads: 1 tenant vs 1 tenant (the noise floor)")
+        floor_a, floor_b = await bench_reads(url_single, url, "reader", args.reads)
 
         step(f"provisioning x{args.provision} per method")
         results["provisioning"] = await bench_provisioning(url, args.provision)
 
         step(f"top up to {args.tenants} tenants")
         results["create_tenants_seconds"] = round(await top_up(url, args.tenants), 1)
-        step(f"reads with {args.tenants} tenants")
-        reads_n = await bench_reads(url, "reader", args.reads)
+        step(f"reads: 1 tenant vs {args.tenants} tenants")
+        reads_1, reads_n = await bench_reads(url_single, url, "reader", args.reads)
         results["reads"] = {
             "tenants_1": reads_1,
             f"tenants_{args.tenants}": reads_n,
             "ratio_p50": round(reads_n["p50_ms"] / reads_1["p50_ms"], 3),
             "ratio_p95": round(reads_n["p95_ms"] / reads_1["p95_ms"], 3),
+            "noise_floor_ratio_p50": round(floor_b["p50_ms"] / floor_a["p50_ms"], 3),
+            "noise_floor_ratio_p95": round(floor_b["p95_ms"] / floor_a["p95_ms"], 3),
         }
 
         step(f"migrate {args.tenants} schemas (+1 column)")
@@ -325,6 +338,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         step_end = time.perf_counter()
         await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin(f'DROP DATABASE IF EXISTS "{single}" WITH (FORCE)')
         results["drop_database_seconds"] = round(time.perf_counter() - step_end, 1)
         results["machine"]["loadavg_end"] = os.getloadavg()
     return results
@@ -344,7 +358,8 @@ def report(results: dict[str, Any]) -> None:
         for key, value in r.items():
             if isinstance(value, dict):
                 print(f"  {key:<14} p50 {value['p50_ms']:.3f}   p95 {value['p95_ms']:.3f}")
-        print(f"  ratio p50 {r['ratio_p50']}   ratio p95 {r['ratio_p95']}")
+        print(f"  ratio p50 {r['ratio_p50']}   ratio p95 {r['ratio_p95']}   (same measurement with 1 tenant in both: "
+              f"p50 {r['noise_floor_ratio_p50']}, p95 {r['noise_floor_ratio_p95']})")  # fmt: skip
     if "migration" in results:
         m = results["migration"]
         print(f"\n## Migration (+1 column), concurrency {m['concurrency']}")
