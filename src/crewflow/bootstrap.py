@@ -5,19 +5,27 @@ checks the wiring, and nothing heavy is imported until the function that needs i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crewflow.adapters.runtime import ProviderRoutingRuntime, ScriptedRuntime
 from crewflow.adapters.system import SystemClock, UuidGenerator
 from crewflow.application.engine import Engine
 from crewflow.domain.failover import Budget
 from crewflow.domain.flow import FlowLimits
+from crewflow.ports.auth import PasswordHasher, RateLimiter, TokenRevocations, TokenService
+from crewflow.ports.clock import Clock, IdGenerator
 from crewflow.ports.llm import LLMGateway, ProviderConfig
+from crewflow.ports.logstore import LogStore
 from crewflow.ports.runtime import AgentRuntime, ToolSandbox
+from crewflow.ports.uow import UnitOfWorkFactory
 from crewflow.settings import Settings
 
-__all__ = ["LocalLLM", "build_engine", "build_local_llm", "build_runtime"]
+if TYPE_CHECKING:
+    from crewflow.adapters.sql.provisioning import TenantProvisioner
+
+__all__ = ["ApiContainer", "LocalLLM", "build_api_container", "build_engine", "build_local_llm", "build_runtime"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +90,91 @@ def build_engine(
         tools=tools,
         limits=limits,
     )
+
+
+# -- the API ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ApiContainer:
+    """Everything the HTTP API needs, built once per process by ``build_api_container``."""
+
+    settings: Settings
+    clock: Clock
+    ids: IdGenerator
+    uow_factory: UnitOfWorkFactory
+    logstore: LogStore
+    provisioner: TenantProvisioner
+    hasher: PasswordHasher
+    tokens: TokenService
+    revocations: TokenRevocations
+    limiter: RateLimiter
+    engine: Engine
+    closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for close in reversed(self.closers):
+            await close()
+        self.closers.clear()
+
+
+def _jwt_secret(settings: Settings) -> str:
+    """``CREWFLOW_JWT_SECRET``, else a random 64-byte key kept in the data directory (mode 0600) so sessions
+    survive restarts of the embedded server."""
+    import os
+    import secrets
+    from pathlib import Path
+
+    configured = settings.extra.get("CREWFLOW_JWT_SECRET")
+    if configured:
+        return configured
+    path = Path(settings.data_dir) / "jwt-secret"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(64)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret
+
+
+async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds: int = 12) -> ApiContainer:
+    """Embedded defaults with no configuration (SQLite file under the data directory, migrated on start,
+    in-memory revocations and rate limits); PostgreSQL when ``CREWFLOW_DATABASE_URL`` says so (migrate it
+    with ``crewflow migrate`` first)."""
+    from pathlib import Path
+
+    from crewflow.adapters.auth import BcryptHasher, JwtTokenService
+    from crewflow.adapters.memory import MemoryRateLimiter, MemoryTokenRevocations
+    from crewflow.adapters.sql import SqlUnitOfWorkFactory, open_database
+    from crewflow.adapters.sql.logstore import SqlLogStore
+    from crewflow.adapters.sql.migrate import migrate
+    from crewflow.adapters.sql.provisioning import open_provisioner
+
+    settings = settings or Settings.from_env()
+    url = settings.effective_database_url
+    if url.startswith("sqlite"):
+        Path(settings.data_dir).mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, at start-up
+        report = await migrate(url)
+        if not report.ok:
+            failed = ", ".join(r.schema for r in report.failed)
+            raise RuntimeError(f"migrating the embedded database failed for: {failed}")
+    database = open_database(url, pool_size=settings.db_pool_size)
+    provisioner = open_provisioner(url)
+    clock = SystemClock()
+    container = ApiContainer(
+        settings=settings,
+        clock=clock,
+        ids=UuidGenerator(),
+        uow_factory=SqlUnitOfWorkFactory(database),
+        logstore=SqlLogStore(database),
+        provisioner=provisioner,
+        hasher=BcryptHasher(bcrypt_rounds),
+        tokens=JwtTokenService(_jwt_secret(settings)),
+        revocations=MemoryTokenRevocations(),
+        limiter=MemoryRateLimiter(),
+        engine=build_engine(settings),
+    )
+    container.closers.extend([database.dispose, provisioner.aclose])
+    return container

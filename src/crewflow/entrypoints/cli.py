@@ -277,6 +277,17 @@ def _print_result(result: Any) -> None:
         print(f"\n== {node_id} ==\n{to_text(value)}")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.workers < 1 or not 0 < args.port < 65536:
+        raise UsageError("--workers must be at least 1 and --port between 1 and 65535")
+    print(f"crewflow serving on http://{args.host}:{args.port} (API docs: /api/v1/schema)", file=sys.stderr)
+    uvicorn.run("crewflow.entrypoints.http.asgi:app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning", proxy_headers=args.proxy_headers)  # fmt: skip
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from crewflow import __version__
 
@@ -307,6 +318,13 @@ def build_parser() -> argparse.ArgumentParser:
                        " none: the run is not stored)")  # fmt: skip
         p.set_defaults(func=handler)
 
+    p = sub.add_parser("serve", help="run the HTTP API, WebSocket and canvas")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes")
+    p.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-* from a proxy in front")
+    p.set_defaults(func=cmd_serve)
+
     for module in EXTENSIONS:
         try:
             importlib.import_module(module).register(sub)
@@ -325,6 +343,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         configure_logging(Settings.from_env())
         code: int = args.func(args)
+    except UsageError as exc:
+        print(f"crewflow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (ValueError, OSError) as exc:  # configuration and file-system errors: one line, no traceback
         print(f"crewflow: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,72 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from litestar import Litestar, Router, get
+from litestar.config.compression import CompressionConfig
+from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from crewflow import __version__
+from crewflow.entrypoints.http.agents import AgentController
+from crewflow.entrypoints.http.problems import problem_details_plugin, unexpected_error_handler
+from crewflow.entrypoints.http.security import TokenAuthMiddleware
+
+if TYPE_CHECKING:
+    from crewflow.bootstrap import ApiContainer
+    from crewflow.settings import Settings
+
+__all__ = ["API_PREFIX", "create_app"]
+
+API_PREFIX = "/api/v1"
+PUBLIC_PATHS = [r"^/api/v1/schema", r"^/api/v1/auth/(register|login)$", r"^/healthz$", r"^/readyz$"]
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
+@get("/healthz", opt={"public": True}, include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def create_app(container: ApiContainer | None = None, *, settings: Settings | None = None,
+               route_handlers: list[Any] | None = None) -> Litestar:  # fmt: skip
+    """With a ``container`` (tests, embedding) the app uses it; otherwise it builds one from ``settings`` at
+    start-up (each server worker process builds its own) and closes it at shutdown."""
+    api = Router(path=API_PREFIX, route_handlers=[AgentController, *(route_handlers or [])])
+    state = State({"container": container})
+
+    async def on_startup() -> None:
+        if state.container is None:
+            from crewflow.bootstrap import build_api_container
+
+            state.container = await build_api_container(settings)
+
+    async def on_shutdown() -> None:
+        if state.container is not None:
+            await state.container.aclose()
+
+    return Litestar(
+        route_handlers=[api, healthz],
+        plugins=[problem_details_plugin()],
+        exception_handlers={Exception: unexpected_error_handler},
+        middleware=[DefineMiddleware(TokenAuthMiddleware, exclude=PUBLIC_PATHS, exclude_from_auth_key="public")],
+        compression_config=CompressionConfig(backend="gzip", minimum_size=1024),
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="crewflow API", version=__version__, path=f"{API_PREFIX}/schema",
+            render_plugins=[ScalarRenderPlugin()],
+            components=Components(security_schemes={
+                "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+            }),
+            security=[{"bearer": []}],
+        ),
+        state=state,
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        debug=False,
+    )
