@@ -669,3 +669,29 @@ async def test_database_errors_do_not_carry_the_values_written(
     cause = caught.value.__cause__ or caught.value.__context__
     assert cause is not None
     assert "secret-output-7f3a" not in str(cause)
+
+
+async def test_database_transactions_for_other_sql_adapters_commit_or_roll_back_and_keep_the_scope(
+    uow_factory: SqlUnitOfWorkFactory, new_tenant: NewTenant
+) -> None:
+    """``SqlDatabase.tenant_transaction`` (used by the SQL log store) scopes and ends like a unit of work."""
+    owner, other = await new_tenant(), await new_tenant()
+    database = uow_factory.database
+    events = sa.table("execution_events", sa.column("execution_id"), sa.column("seq"), sa.column("kind"),
+                      sa.column("at"), sa.column("data", sa.JSON()))  # fmt: skip
+    row = {"execution_id": "e1", "seq": 1, "kind": "run.started", "at": 1.0, "data": {}}
+    async with database.tenant_transaction(owner) as conn:
+        await conn.execute(events.insert().values(row))
+
+    async def fail() -> None:
+        async with database.tenant_transaction(owner) as conn:
+            await conn.execute(events.insert().values({**row, "seq": 2}))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await fail()
+    count = sa.select(sa.func.count()).select_from(events)
+    async with database.tenant_transaction(owner) as conn:
+        assert await conn.scalar(count) == 1
+    async with database.tenant_transaction(other) as conn:
+        assert await conn.scalar(count) == 0
