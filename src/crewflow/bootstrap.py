@@ -19,6 +19,7 @@ from crewflow.ports.clock import Clock, IdGenerator
 from crewflow.ports.llm import LLMGateway, ProviderConfig
 from crewflow.ports.logstore import LogStore
 from crewflow.ports.runtime import AgentRuntime, ToolSandbox
+from crewflow.ports.secrets import SecretCipher
 from crewflow.ports.uow import UnitOfWorkFactory
 from crewflow.settings import Settings
 
@@ -109,6 +110,7 @@ class ApiContainer:
     tokens: TokenService
     revocations: TokenRevocations
     limiter: RateLimiter
+    cipher: SecretCipher
     engine: Engine
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
@@ -118,25 +120,37 @@ class ApiContainer:
         self.closers.clear()
 
 
-def _jwt_secret(settings: Settings) -> str:
-    """``CREWFLOW_JWT_SECRET``, else a random 64-byte key kept in the data directory (mode 0600) so sessions
-    survive restarts of the embedded server."""
+def _local_secret(settings: Settings, variable: str, filename: str, make: Callable[[], str]) -> str:
+    """The setting ``variable`` if set; else a secret generated once and kept in the data directory (mode
+    0600), so the embedded server keeps sessions and can read stored keys across restarts. Production
+    deployments set the variable (see docs)."""
     import os
-    import secrets
     from pathlib import Path
 
-    configured = settings.extra.get("CREWFLOW_JWT_SECRET")
+    configured = settings.extra.get(variable)
     if configured:
         return configured
-    path = Path(settings.data_dir) / "jwt-secret"
+    path = Path(settings.data_dir) / filename
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(64)
+    secret = make()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(secret)
     return secret
+
+
+def _jwt_secret(settings: Settings) -> str:
+    import secrets
+
+    return _local_secret(settings, "CREWFLOW_JWT_SECRET", "jwt-secret", lambda: secrets.token_urlsafe(64))
+
+
+def _cipher_keyring(settings: Settings) -> str:
+    from crewflow.adapters.crypto.aesgcm import generate_key
+
+    return _local_secret(settings, "CREWFLOW_SECRET_KEY", "secret-keyring", generate_key)
 
 
 async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds: int = 12) -> ApiContainer:
@@ -146,6 +160,7 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     from pathlib import Path
 
     from crewflow.adapters.auth import BcryptHasher, JwtTokenService
+    from crewflow.adapters.crypto.aesgcm import AesGcmCipher
     from crewflow.adapters.memory import MemoryRateLimiter, MemoryTokenRevocations
     from crewflow.adapters.sql import SqlUnitOfWorkFactory, open_database
     from crewflow.adapters.sql.logstore import SqlLogStore
@@ -174,6 +189,7 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
         tokens=JwtTokenService(_jwt_secret(settings)),
         revocations=MemoryTokenRevocations(),
         limiter=MemoryRateLimiter(),
+        cipher=AesGcmCipher.from_setting(_cipher_keyring(settings)),
         engine=build_engine(settings),
     )
     container.closers.extend([database.dispose, provisioner.aclose])
