@@ -294,3 +294,11 @@ def test_id_and_name_defaults() -> None:
     unnamed = flow_from_dict({"nodes": []})
     assert (unnamed.id, unnamed.name) == ("flow", "flow")
     assert flow_from_dict({"id": "x", "nodes": []}, flow_id="given").id == "given"
+
+
+def test_input_required_must_be_a_boolean() -> None:
+    # regression: bool("no") made the input required
+    assert (
+        "must be a bool" in problems_of({"nodes": [], "inputs": [{"name": "t", "required": "no"}]})["inputs.t.required"]
+    )
+    assert flow_from_dict({"nodes": [], "inputs": [{"name": "t", "required": False}]}).inputs[0].required is False

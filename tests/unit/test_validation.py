@@ -389,7 +389,8 @@ def test_limits_are_configurable() -> None:
     flow = make_flow([INPUT, agent("a", "123456"), agent("b", "ok")], edges("in>a", "in>b"))
     problems = validate_flow(flow, limits)
     assert codes(problems) == {"too_many_nodes", "too_many_edges", "text_too_long"}
-    assert only(problems, "text_too_long").where == "node 'a'"
+    too_long = [p for p in problems if p.code == "text_too_long"]
+    assert [p.where for p in too_long if p.node_ids] == ["node 'a'"]  # "ok" (2 bytes) is within the limit
     assert validate_flow(flow) == []
 
 
@@ -404,3 +405,27 @@ def test_ensure_valid_raises_with_every_problem_listed() -> None:
         ensure_valid(flow)
     assert {"duplicate_id", "dangling_edge", "unknown_agent"} <= {p.code for p in caught.value.problems}
     assert "edge 'a' -> 'ghost'" in str(caught.value)
+
+
+def test_the_text_limit_applies_to_definitions_and_descriptions_too() -> None:
+    long = "x" * 40
+    flow = make_flow(
+        [INPUT, Node(id="c", kind=NodeKind.CREW, crew="team")],
+        edges("in>c"),
+        description=long,
+        inputs=(InputSpec("topic", long),),
+        agents={"w": Agent(id="w", role="r", goal="g", backstory=long)},
+        crews={"team": Crew(id="team", agents=("w",), tasks=(CrewTask("one", long),), description="ok")},
+        tools={"saw": ToolRef(id="saw", description=long)},
+    )
+    messages = sorted(
+        p.message for p in validate_flow(flow, FlowLimits(max_text_bytes=39)) if p.code == "text_too_long"
+    )
+    assert messages == [
+        "agent 'w' backstory is 40 bytes; the limit is 39",
+        "crew 'team' task 'one' description is 40 bytes; the limit is 39",
+        "flow description is 40 bytes; the limit is 39",
+        "input 'topic' description is 40 bytes; the limit is 39",
+        "tool 'saw' description is 40 bytes; the limit is 39",
+    ]
+    assert validate_flow(flow, FlowLimits(max_text_bytes=40)) == []

@@ -265,7 +265,7 @@ def _input_spec(reader: _Reader, name: str, body: Mapping[str, Any]) -> InputSpe
         name=name,
         description=reader.get(body, "description", str, f"inputs.{name}", ""),
         default=default,
-        required=bool(body.get("required", default is None)),
+        required=reader.get(body, "required", bool, f"inputs.{name}", default is None),
     )
 
 

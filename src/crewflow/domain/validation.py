@@ -123,7 +123,28 @@ class _Validator:
             return True
         return provider in BUILTIN_PROVIDERS or provider in self.catalog.providers
 
+    def _text_limit(self, owner: str, texts: dict[str, str]) -> None:
+        for field_name, text in texts.items():
+            size = len(text.encode())
+            if size > self.limits.max_text_bytes:
+                self.add("text_too_long", f"{owner} {field_name} is {size} bytes; the limit is "
+                         f"{self.limits.max_text_bytes}")  # fmt: skip
+
     def _definitions(self) -> None:
+        # the 32 KB limit holds for every text field, not only the nodes' own
+        self._text_limit("flow", {"description": self.flow.description})
+        for spec in self.flow.inputs:
+            self._text_limit(f"input '{spec.name}'", {"description": spec.description})
+        for agent in self.flow.agents.values():
+            self._text_limit(f"agent '{agent.id}'", {"role": agent.role, "goal": agent.goal,
+                                                     "backstory": agent.backstory})  # fmt: skip
+        for crew in self.flow.crews.values():
+            self._text_limit(f"crew '{crew.id}'", {"description": crew.description})
+            for task in crew.tasks:
+                self._text_limit(f"crew '{crew.id}' task '{task.name}'", {
+                    "description": task.description, "expected_output": task.expected_output})  # fmt: skip
+        for tool_ref in self.flow.tools.values():
+            self._text_limit(f"tool '{tool_ref.id}'", {"description": tool_ref.description})
         tools, agents = self._known("tool"), self._known("agent")
         for agent in self.flow.agents.values():
             for tool in agent.tools:
