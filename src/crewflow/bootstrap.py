@@ -24,7 +24,7 @@ from crewflow.ports.uow import UnitOfWorkFactory
 from crewflow.settings import Settings
 
 if TYPE_CHECKING:
-    from crewflow.adapters.sql.provisioning import TenantProvisioner
+    from crewflow.ports.provisioning import TenantProvisioner
 
 __all__ = ["ApiContainer", "LocalLLM", "build_api_container", "build_engine", "build_local_llm", "build_runtime"]
 

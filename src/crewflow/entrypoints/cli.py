@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -282,6 +283,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.workers < 1 or not 0 < args.port < 65536:
         raise UsageError("--workers must be at least 1 and --port between 1 and 65535")
+    if args.demo:
+        os.environ["CREWFLOW_DEMO"] = "1"  # read by every server worker at start-up
     print(f"crewflow serving on http://{args.host}:{args.port} (API docs: /api/v1/schema)", file=sys.stderr)
     uvicorn.run("crewflow.entrypoints.http.asgi:app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning", proxy_headers=args.proxy_headers)  # fmt: skip
@@ -323,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="server processes")
     p.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-* from a proxy in front")
+    p.add_argument("--demo", action="store_true", help="create the demo workspace (an offline demo flow) if missing")
     p.set_defaults(func=cmd_serve)
 
     for module in EXTENSIONS:

@@ -30,5 +30,6 @@ def configure_logging(settings: Settings) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations narrate every step at INFO
     logging.basicConfig(stream=sys.stderr, level=max(level, logging.WARNING),
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip

@@ -26,7 +26,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import sqlalchemy as sa
@@ -43,6 +43,7 @@ from crewflow.adapters.sql.migrations import head_revision, quote_schema, script
 from crewflow.adapters.sql.tables import TENANT, TENANTS
 from crewflow.domain.errors import Conflict
 from crewflow.domain.tenancy import Tenant
+from crewflow.ports.provisioning import Provisioned, TenantProvisioner
 
 __all__ = [
     "PostgresProvisioner",
@@ -106,28 +107,6 @@ def render_tenant_ddl(
     )
     statements.append(f"INSERT INTO alembic_version (version_num) VALUES ('{revision}')")  # noqa: S608 - checked
     return TenantDDL(";\n".join(statements) + ";\n", revision, len(statements))
-
-
-@dataclass(frozen=True, slots=True)
-class Provisioned:
-    tenant: Tenant
-    schema: str
-    from_spare: bool
-
-
-class TenantProvisioner(Protocol):
-    async def register(self, tenant: Tenant) -> Provisioned:
-        """Create the tenant's storage and its ``public.tenants`` row, all or nothing; ``Conflict`` if the id,
-        slug or schema is taken."""
-        ...
-
-    async def drop(self, tenant_id: str) -> bool:
-        """Remove the tenant row, its users and its storage; False if there was nothing to remove."""
-        ...
-
-    async def list_tenants(self) -> list[Tenant]: ...
-
-    async def aclose(self) -> None: ...
 
 
 def _tenant_from_row(row: Any) -> Tenant:

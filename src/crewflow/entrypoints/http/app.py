@@ -45,6 +45,10 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
             from crewflow.bootstrap import build_api_container
 
             state.container = await build_api_container(settings)
+        if state.container.settings.extra.get("CREWFLOW_DEMO") == "1":
+            from crewflow.entrypoints.http.demo import seed_demo_workspace
+
+            await seed_demo_workspace(state.container)
 
     async def on_shutdown() -> None:
         if state.container is not None:
