@@ -24,6 +24,7 @@ from crewflow.ports.uow import UnitOfWorkFactory
 from crewflow.settings import Settings
 
 if TYPE_CHECKING:
+    from crewflow.application.providers import RepositoryProviderRegistry
     from crewflow.ports.provisioning import TenantProvisioner
 
 __all__ = ["ApiContainer", "LocalLLM", "build_api_container", "build_engine", "build_local_llm", "build_runtime"]
@@ -112,6 +113,7 @@ class ApiContainer:
     limiter: RateLimiter
     cipher: SecretCipher
     engine: Engine
+    provider_registry: RepositoryProviderRegistry  # tenants' LLM providers for the gateway; writes invalidate
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
@@ -161,11 +163,13 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
 
     from crewflow.adapters.auth import BcryptHasher, JwtTokenService
     from crewflow.adapters.crypto.aesgcm import AesGcmCipher
+    from crewflow.adapters.llm import build_provider
     from crewflow.adapters.memory import MemoryRateLimiter, MemoryTokenRevocations
     from crewflow.adapters.sql import SqlUnitOfWorkFactory, open_database
     from crewflow.adapters.sql.logstore import SqlLogStore
     from crewflow.adapters.sql.migrate import migrate
     from crewflow.adapters.sql.provisioning import open_provisioner
+    from crewflow.application.providers import RepositoryProviderRegistry
 
     settings = settings or Settings.from_env()
     url = settings.effective_database_url
@@ -178,19 +182,22 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     database = open_database(url, pool_size=settings.db_pool_size)
     provisioner = open_provisioner(url)
     clock = SystemClock()
+    uow_factory = SqlUnitOfWorkFactory(database)
+    cipher = AesGcmCipher.from_setting(_cipher_keyring(settings))
     container = ApiContainer(
         settings=settings,
         clock=clock,
         ids=UuidGenerator(),
-        uow_factory=SqlUnitOfWorkFactory(database),
+        uow_factory=uow_factory,
         logstore=SqlLogStore(database),
         provisioner=provisioner,
         hasher=BcryptHasher(bcrypt_rounds),
         tokens=JwtTokenService(_jwt_secret(settings)),
         revocations=MemoryTokenRevocations(),
         limiter=MemoryRateLimiter(),
-        cipher=AesGcmCipher.from_setting(_cipher_keyring(settings)),
+        cipher=cipher,
         engine=build_engine(settings),
+        provider_registry=RepositoryProviderRegistry(uow_factory, cipher, build_provider, clock),
     )
-    container.closers.extend([database.dispose, provisioner.aclose])
+    container.closers.extend([database.dispose, provisioner.aclose, container.provider_registry.close])
     return container
