@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from crewflow.adapters.memory.limits import UserStatusCache
 from crewflow.adapters.runtime import ProviderRoutingRuntime, ScriptedRuntime
 from crewflow.adapters.system import SystemClock, UuidGenerator
 from crewflow.application.engine import Engine
@@ -115,6 +116,7 @@ class ApiContainer:
     engine: Engine
     provider_registry: RepositoryProviderRegistry  # tenants' LLM providers for the gateway; writes invalidate
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    user_status: UserStatusCache = field(default_factory=UserStatusCache)  # read by the token middleware
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):

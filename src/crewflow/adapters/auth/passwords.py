@@ -22,10 +22,14 @@ class BcryptHasher:
         return bcrypt.hashpw(password.encode(), bcrypt.gensalt(self.rounds)).decode()
 
     def verify(self, password: str, hashed: str) -> bool:
+        """A password longer than bcrypt reads is refused, yet still costs one full verification (of its
+        first 72 bytes), so its length does not show in the response time either."""
+        encoded = password.encode()
         try:
-            return bcrypt.checkpw(password.encode()[:MAX_PASSWORD_BYTES], hashed.encode())
+            matches = bcrypt.checkpw(encoded[:MAX_PASSWORD_BYTES], hashed.encode())
         except ValueError:  # a malformed stored hash
             return False
+        return matches and len(encoded) <= MAX_PASSWORD_BYTES
 
     @property
     def dummy_hash(self) -> str:

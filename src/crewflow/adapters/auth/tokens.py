@@ -16,6 +16,7 @@ from crewflow.ports.auth import IssuedToken
 __all__ = ["JwtTokenService"]
 
 ALGORITHM = "HS256"
+MAX_TOKEN_CHARS = 4096
 REQUIRED_CLAIMS = ["exp", "iat", "jti", "iss", "aud", "user_id", "tenant_id", "role"]
 
 
@@ -43,6 +44,8 @@ class JwtTokenService:
         return IssuedToken(jwt.encode(claims, self._key, algorithm=ALGORITHM), jti, float(expires))
 
     def verify(self, token: str) -> Identity:
+        if len(token) > MAX_TOKEN_CHARS:  # ours are ~400 characters; do not parse arbitrary blobs
+            raise Unauthenticated("invalid or expired token")
         try:
             claims = jwt.decode(
                 token, self._key, algorithms=[ALGORITHM], audience=self.audience, issuer=self.issuer,

@@ -1,5 +1,5 @@
-"""In-memory adapters of the embedded deployment (one process): revocations, rate limits."""
+"""In-memory adapters of the embedded deployment (one process): revocations, rate limits, user status."""
 
-from crewflow.adapters.memory.limits import MemoryRateLimiter, MemoryTokenRevocations
+from crewflow.adapters.memory.limits import MemoryRateLimiter, MemoryTokenRevocations, UserStatus, UserStatusCache
 
-__all__ = ["MemoryRateLimiter", "MemoryTokenRevocations"]
+__all__ = ["MemoryRateLimiter", "MemoryTokenRevocations", "UserStatus", "UserStatusCache"]

@@ -1,13 +1,16 @@
-"""In-memory revoked-token store and fixed-window rate limiter (single process; Redis ones for clusters)."""
+"""In-memory revoked-token store, fixed-window rate limiter (single process; Redis ones for clusters) and the
+per-process cache of user status the token middleware reads."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
+from crewflow.domain.tenancy import Role
 from crewflow.ports.auth import RateDecision
 
-__all__ = ["MemoryRateLimiter", "MemoryTokenRevocations"]
+__all__ = ["MemoryRateLimiter", "MemoryTokenRevocations", "UserStatus", "UserStatusCache"]
 
 
 class MemoryTokenRevocations:
@@ -48,3 +51,44 @@ class MemoryRateLimiter:
         if count > limit:
             return RateDecision(False, 0, start + window - now)
         return RateDecision(True, limit - count)
+
+
+@dataclass(frozen=True, slots=True)
+class UserStatus:
+    tenant_id: str
+    role: Role
+    is_active: bool
+
+
+class UserStatusCache:
+    """What the token middleware needs of a user (tenant, role, active), kept ``ttl`` seconds per process
+    so an authenticated request does not read the users table every time. Changes made in this process
+    call ``forget``; other processes see them through the "user changed" marker in the revocation store
+    (ADR 0008), or at the latest after ``ttl``."""
+
+    def __init__(self, ttl: float = 5.0, max_entries: int = 50_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        self.ttl = ttl
+        self._max = max_entries
+        self._clock = clock
+        self._entries: dict[str, tuple[float, UserStatus]] = {}
+
+    def get(self, user_id: str) -> UserStatus | None:
+        entry = self._entries.get(user_id)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            self._entries.pop(user_id, None)
+            return None
+        return entry[1]
+
+    def put(self, user_id: str, status: UserStatus) -> None:
+        if len(self._entries) >= self._max and user_id not in self._entries:
+            now = self._clock()
+            self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+            if len(self._entries) >= self._max:
+                self._entries.clear()
+        self._entries[user_id] = (self._clock() + self.ttl, status)
+
+    def forget(self, user_id: str) -> None:
+        self._entries.pop(user_id, None)

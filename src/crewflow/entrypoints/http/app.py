@@ -14,8 +14,12 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from crewflow import __version__
 from crewflow.entrypoints.http.agents import AgentController
+from crewflow.entrypoints.http.audit_routes import AuditController
+from crewflow.entrypoints.http.auth_routes import AuthController
+from crewflow.entrypoints.http.limits import RateLimitMiddleware, RequestContextMiddleware, security_headers
 from crewflow.entrypoints.http.problems import problem_details_plugin, unexpected_error_handler
 from crewflow.entrypoints.http.security import TokenAuthMiddleware
+from crewflow.entrypoints.http.users import UserController
 
 if TYPE_CHECKING:
     from crewflow.bootstrap import ApiContainer
@@ -37,7 +41,8 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
                route_handlers: list[Any] | None = None) -> Litestar:  # fmt: skip
     """With a ``container`` (tests, embedding) the app uses it; otherwise it builds one from ``settings`` at
     start-up (each server worker process builds its own) and closes it at shutdown."""
-    api = Router(path=API_PREFIX, route_handlers=[AgentController, *(route_handlers or [])])
+    api = Router(path=API_PREFIX, route_handlers=[AgentController, AuthController, UserController, AuditController,
+                                                     *(route_handlers or [])])  # fmt: skip
     state = State({"container": container})
 
     async def on_startup() -> None:
@@ -58,7 +63,11 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
         route_handlers=[api, healthz],
         plugins=[problem_details_plugin()],
         exception_handlers={Exception: unexpected_error_handler},
-        middleware=[DefineMiddleware(TokenAuthMiddleware, exclude=PUBLIC_PATHS, exclude_from_auth_key="public")],
+        # request id → authentication → rate limits (keyed by the verified user and tenant; ADR 0008)
+        middleware=[RequestContextMiddleware(),
+                    DefineMiddleware(TokenAuthMiddleware, exclude=PUBLIC_PATHS, exclude_from_auth_key="public"),
+                    RateLimitMiddleware()],
+        before_send=[security_headers],
         compression_config=CompressionConfig(backend="gzip", minimum_size=1024),
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(

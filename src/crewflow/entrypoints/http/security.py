@@ -11,6 +11,8 @@ from litestar.connection import ASGIConnection
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import Guard
 
+from crewflow.adapters.memory.limits import UserStatus
+from crewflow.application.auth import user_changed_marker
 from crewflow.domain.auth import Identity, Unauthenticated
 from crewflow.domain.errors import NotFound, PermissionDenied
 from crewflow.domain.tenancy import Permission
@@ -33,24 +35,43 @@ def token_from(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
 
 
 class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
+    """On every authenticated request: the signature, algorithm, issuer, audience and expiry (in memory),
+    the ``jti`` against revocations, then the user's current status — from a short per-process cache,
+    re-read from the database on a miss or when the user changed (a marker in the revocation store set by
+    the user use cases, so other processes notice too). A deleted or deactivated user's tokens stop
+    working at once; a changed role applies at once (the stored role wins over the token's claim)."""
+
     async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
         container: ApiContainer = connection.app.state.container
         token = token_from(connection)
         if token is None:
             raise Unauthenticated()
         identity = container.tokens.verify(token)
-        if await container.revocations.is_revoked(identity.jti):
+        revocations = container.revocations
+        if await revocations.is_revoked(identity.jti):
             raise Unauthenticated("invalid or expired token")
-        try:  # a deleted or deactivated user's tokens stop working at once
-            async with container.uow_factory.platform() as uow:
-                user = await uow.users.get(identity.user_id)
-        except NotFound:
-            raise Unauthenticated("invalid or expired token") from None
-        if not user.is_active or user.tenant_id != identity.tenant_id:
+        cache = container.user_status
+        status = cache.get(identity.user_id)
+        if status is None or await revocations.is_revoked(user_changed_marker(identity.user_id)):
+            status = await _load_status(container, identity.user_id)
+            if status is None:
+                cache.forget(identity.user_id)
+                raise Unauthenticated("invalid or expired token")
+            cache.put(identity.user_id, status)
+        if not status.is_active or status.tenant_id != identity.tenant_id:
             raise Unauthenticated("invalid or expired token")
-        if user.role != identity.role:  # role changed since the token was issued: the stored role wins
-            identity = Identity(identity.user_id, identity.tenant_id, user.role, identity.jti, identity.expires_at)
+        if status.role != identity.role:
+            identity = Identity(identity.user_id, identity.tenant_id, status.role, identity.jti, identity.expires_at)
         return AuthenticationResult(user=identity, auth=token)
+
+
+async def _load_status(container: ApiContainer, user_id: str) -> UserStatus | None:
+    try:
+        async with container.uow_factory.platform() as uow:
+            user = await uow.users.get(user_id)
+    except NotFound:
+        return None
+    return UserStatus(user.tenant_id, user.role, user.is_active)
 
 
 def identity_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Identity:

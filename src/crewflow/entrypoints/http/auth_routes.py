@@ -1,0 +1,120 @@
+"""/api/v1/auth — register a tenant, log in (session cookie + token), log out, who am I."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import Cookie
+from litestar.params import JSONBody
+
+from crewflow.application import auth as use_cases
+from crewflow.domain.auth import Identity
+from crewflow.domain.tenancy import Role
+from crewflow.entrypoints.http.limits import request_meta
+from crewflow.entrypoints.http.security import SESSION_COOKIE
+
+__all__ = ["AuthController", "LoginIn", "MeOut", "RegisterIn", "TokenOut", "session_cookie"]
+
+SESSION_MAX_AGE = 24 * 3600
+SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,46}[a-z0-9])?$"
+EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}$"
+Email = Annotated[str, msgspec.Meta(pattern=EMAIL_PATTERN, max_length=320)]
+NewPassword = Annotated[str, msgspec.Meta(min_length=use_cases.MIN_PASSWORD_CHARS, max_length=72)]
+
+
+def check_new_password(password: str) -> None:
+    """For a Struct's ``__post_init__``: a ValueError there becomes a 422 naming the body."""
+    if (problem := use_cases.password_problem(password)) is not None:
+        raise ValueError(f"password {problem}")
+
+
+class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
+    tenant_name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    slug: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN)]
+    email: Email
+    password: NewPassword
+
+    def __post_init__(self) -> None:
+        check_new_password(self.password)
+
+
+class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
+    email: Annotated[str, msgspec.Meta(min_length=1, max_length=320)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+
+
+class UserOut(msgspec.Struct):
+    id: str
+    email: str
+    role: Role
+    is_active: bool
+
+
+class TenantOut(msgspec.Struct):
+    id: str
+    slug: str
+    name: str
+
+
+class RegisteredOut(msgspec.Struct):
+    tenant: TenantOut
+    user: UserOut
+
+
+class TokenOut(msgspec.Struct):
+    """For API clients; browsers use the session cookie set by the same response."""
+
+    access_token: str
+    token_type: str
+    expires_at: float
+    user: UserOut
+    tenant_id: str
+
+
+class MeOut(msgspec.Struct):
+    user: UserOut
+    tenant: TenantOut
+
+
+def session_cookie(token: str, max_age: int = SESSION_MAX_AGE) -> Cookie:
+    return Cookie(key=SESSION_COOKIE, value=token, max_age=max_age, path="/", secure=True, httponly=True,
+                  samesite="strict")  # fmt: skip
+
+
+class AuthController(Controller):
+    path = "/auth"
+    tags = ["auth"]
+
+    @post("/register", opt={"public": True}, security=[])
+    async def register(self, request: Request[Any, Any, Any], data: JSONBody[RegisterIn]) -> RegisteredOut:
+        """Create a tenant and its first admin (public). Log in afterwards to get a session."""
+        cmd = use_cases.RegisterTenant(data.tenant_name, data.slug, data.email, data.password)
+        done = await use_cases.register_tenant(cmd, request.app.state.container, request_meta(request))
+        tenant, admin = done.tenant, done.admin
+        return RegisteredOut(TenantOut(tenant.id, tenant.slug, tenant.name),
+                             UserOut(admin.id, admin.email, admin.role, admin.is_active))  # fmt: skip
+
+    @post("/login", opt={"public": True}, security=[], status_code=200)
+    async def login(self, request: Request[Any, Any, Any], data: JSONBody[LoginIn]) -> Response[TokenOut]:
+        """Check the credentials; set the session cookie and return the same token for API clients."""
+        result = await use_cases.login(use_cases.LoginAttempt(data.email, data.password),
+                                       request.app.state.container, request_meta(request))  # fmt: skip
+        user = result.user
+        body = TokenOut(result.token.token, "Bearer", result.token.expires_at,
+                        UserOut(user.id, user.email, user.role, user.is_active), user.tenant_id)  # fmt: skip
+        return Response(body, cookies=[session_cookie(result.token.token)],
+                        headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    @post("/logout", status_code=204)
+    async def logout(self, request: Request[Identity, Any, Any]) -> Response[None]:
+        """Revoke the current token (cookie or Bearer) and clear the session cookie."""
+        await use_cases.logout(request.user, request.app.state.container, request_meta(request))
+        return Response(None, status_code=204, cookies=[session_cookie("", max_age=0)])
+
+    @get("/me")
+    async def me(self, request: Request[Identity, Any, Any]) -> MeOut:
+        user, tenant = await use_cases.current_user(request.user, request.app.state.container)
+        return MeOut(UserOut(user.id, user.email, user.role, user.is_active),
+                     TenantOut(tenant.id, tenant.slug, tenant.name))  # fmt: skip
