@@ -96,6 +96,15 @@ def write_test_revision(directory: Path, *, sleep: float = 0.0, marker: bool = T
     return directory
 
 
+def crewflow(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run the real command line in a process of its own (it configures logging globally)."""
+    return subprocess.run(
+        [sys.executable, "-m", "crewflow.entrypoints.cli", *argv],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "CREWFLOW_LOG_LEVEL": "warning"},
+    )  # fmt: skip
+
+
 def tenant(tid: str) -> Tenant:
     return Tenant(id=tid, slug=f"t-{tid}", name=tid, db_schema=schema_name_for(tid), created_at=datetime.now(UTC))
 
@@ -327,24 +336,21 @@ async def test_sqlite_migrate_upgrades_the_main_file_and_every_tenant_file_once(
         await db.dispose()
 
 
-def test_crewflow_migrate_exits_1_and_names_the_schema_that_failed(
-    pg_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from crewflow.entrypoints.cli import main
-
-    assert main(["migrate", "--database-url", pg_url, "--quiet"]) == 0
+def test_crewflow_migrate_exits_1_and_names_the_schema_that_failed(pg_url: str) -> None:
+    assert crewflow("migrate", "--database-url", pg_url, "--quiet").returncode == 0
     schemas = asyncio.run(make_tenants(pg_url, 3))
     _admin_db(pg_url, f"UPDATE \"{schemas[0]}\".alembic_version SET version_num = 'from_the_future'")
-    capsys.readouterr()
 
-    code = main(["migrate", "--database-url", pg_url, "--concurrency", "2"])
+    result = crewflow("migrate", "--database-url", pg_url, "--concurrency", "2")
 
-    out, err = capsys.readouterr()
-    assert code == 1
-    assert "1 failed" in out
-    assert f"FAILED {schemas[0]}" in err
-    assert "unknown revision 'from_the_future'" in err
-    assert main(["migrate", "--database-url", pg_url, "--concurrency", "0"]) == 2
+    assert result.returncode == 1
+    assert "1 failed" in result.stdout
+    assert f"FAILED {schemas[0]}" in result.stderr
+    assert "unknown revision 'from_the_future'" in result.stderr
+    assert "Traceback" not in result.stderr
+    bad = crewflow("migrate", "--database-url", pg_url, "--concurrency", "0")
+    assert bad.returncode == 2
+    assert "concurrency" in bad.stderr
 
 
 def _admin_db(pg_url: str, sql: str) -> None:
@@ -356,3 +362,64 @@ def _admin_db(pg_url: str, sql: str) -> None:
             await conn.close()
 
     asyncio.run(run())
+
+
+async def test_two_runners_at_once_still_migrate_each_schema_exactly_once(
+    pg_url: str, raw: asyncpg.Connection, tmp_path: Path
+) -> None:
+    await migrate(pg_url)
+    schemas = await make_tenants(pg_url, 12)
+    await raw.execute("CREATE TABLE public.migration_marker (schema_name text NOT NULL)")
+    options = MigrationOptions(
+        concurrency=3, lock_timeout_ms=50, max_attempts=1000, backoff_max=0.1,
+        version_locations={"tenant": (str(write_test_revision(tmp_path, sleep=0.02)),)},
+    )  # fmt: skip
+
+    first, second = await asyncio.gather(migrate(pg_url, options), migrate(pg_url, options))
+
+    assert first.ok, first.failed
+    assert second.ok, second.failed
+    upgraded = [r.schema for r in (*first.upgraded, *second.upgraded) if r.branch == "tenant"]
+    assert sorted(upgraded) == sorted(schemas)  # each schema upgraded by exactly one of the two
+    assert await markers(raw) == dict.fromkeys(schemas, 1)
+
+
+async def test_the_public_baseline_matches_the_platform_tables_of_the_code(
+    pg_url: str, raw: asyncpg.Connection
+) -> None:
+    from crewflow.adapters.sql.tables import PUBLIC
+
+    await migrate(pg_url)
+    await raw.execute("CREATE SCHEMA reference")
+    reference = sa.MetaData(naming_convention=PUBLIC.naming_convention)
+    for table in PUBLIC.sorted_tables:
+        table.to_metadata(reference, schema="reference", referred_schema_fn=lambda *_: "reference")
+    database = PostgresDatabase(pg_url, pool_size=1)
+    try:
+        async with database.engine.begin() as conn:
+            await conn.run_sync(reference.create_all)
+    finally:
+        await database.dispose()
+
+    async def shape(schema: str) -> list[tuple[object, ...]]:
+        columns = await raw.fetch(
+            "SELECT table_name, column_name, data_type, character_maximum_length, is_nullable, column_default "
+            "FROM information_schema.columns WHERE table_schema = $1 AND table_name IN ('tenants', 'users') "
+            "ORDER BY 1, 2",
+            schema,
+        )
+        constraints = await raw.fetch(
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE connamespace = $1::regnamespace AND conrelid::regclass::text NOT LIKE '%alembic%' "
+            "AND conrelid::regclass::text NOT LIKE '%pool%' ORDER BY 2",
+            schema,
+        )
+        indexes = await raw.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename IN ('tenants', 'users') "
+            "ORDER BY 1",
+            schema,
+        )
+        rows = [*columns, *constraints, *indexes]
+        return [tuple(str(v).replace(f"{schema}.", "") if isinstance(v, str) else v for v in r) for r in rows]
+
+    assert await shape("public") == await shape("reference")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -69,6 +72,15 @@ async def raw(pg_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+def crewflow(*argv: str) -> subprocess.CompletedProcess[str]:
+    """Run the real command line in a process of its own (it configures logging globally)."""
+    return subprocess.run(
+        [sys.executable, "-m", "crewflow.entrypoints.cli", *argv],
+        capture_output=True, text=True, timeout=300, check=False,
+        env={**os.environ, "CREWFLOW_LOG_LEVEL": "warning"},
+    )  # fmt: skip
 
 
 def tenant(tid: str | None = None, slug: str | None = None) -> Tenant:
@@ -306,25 +318,25 @@ async def test_sqlite_registration_creates_a_stamped_tenant_file_and_drop_remove
         await provisioner.aclose()
 
 
-def test_tenants_cli_creates_lists_and_drops_a_tenant_on_postgres(
-    pg_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from crewflow.entrypoints.cli import main
+def test_tenants_cli_creates_lists_and_drops_a_tenant_on_postgres(pg_url: str) -> None:
+    assert crewflow("migrate", "--database-url", pg_url, "--quiet").returncode == 0
+    created = crewflow("tenants", "create", "acme", "--name", "Acme", "--id", "acme-1", "--database-url", pg_url)
+    assert created.returncode == 0, created.stderr
+    assert "created tenant acme-1" in created.stdout
 
-    assert main(["migrate", "--database-url", pg_url, "--quiet"]) == 0
-    assert main(["tenants", "create", "acme", "--name", "Acme", "--id", "acme-1", "--database-url", pg_url]) == 0
-    assert "created tenant acme-1" in capsys.readouterr().out
+    listed = crewflow("tenants", "list", "--json", "--database-url", pg_url)
+    assert listed.returncode == 0
+    lines = listed.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert '"db_schema": "tenant_acme_1"' in lines[0]
 
-    assert main(["tenants", "list", "--json", "--database-url", pg_url]) == 0
-    listed = capsys.readouterr().out.strip().splitlines()
-    assert len(listed) == 1
-    assert '"db_schema": "tenant_acme_1"' in listed[0]
-
-    assert main(["tenants", "drop", "acme", "--database-url", pg_url]) == 2  # no --yes
-    assert "without --yes" in capsys.readouterr().err
-    assert main(["tenants", "drop", "acme", "--yes", "--database-url", pg_url]) == 0
-    assert main(["tenants", "list", "--database-url", pg_url]) == 0
-    assert "no tenants" in capsys.readouterr().out
+    refused = crewflow("tenants", "drop", "acme", "--database-url", pg_url)  # no --yes
+    assert refused.returncode == 2
+    assert "without --yes" in refused.stderr
+    assert crewflow("tenants", "drop", "acme", "--yes", "--database-url", pg_url).returncode == 0
+    after = crewflow("tenants", "list", "--database-url", pg_url)
+    assert after.returncode == 0
+    assert "no tenants" in after.stdout
 
 
 @pytest.mark.parametrize(
@@ -335,27 +347,20 @@ def test_tenants_cli_creates_lists_and_drops_a_tenant_on_postgres(
         (["tenants", "drop", "nobody", "--yes"], "no tenant"),
     ],
 )
-def test_tenants_cli_rejects_bad_input_with_one_line_and_exit_2(
-    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from crewflow.entrypoints.cli import main
+def test_tenants_cli_rejects_bad_input_with_one_line_and_exit_2(argv: list[str], message: str, tmp_path: Path) -> None:
+    result = crewflow(*argv, "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'crewflow.db'}")
 
-    code = main([*argv, "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'crewflow.db'}"])
-
-    err = capsys.readouterr().err
-    assert code == 2
-    assert message in err
-    assert len(err.strip().splitlines()) == 1
-    assert "Traceback" not in err
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
 
 
-def test_tenants_cli_on_an_unmigrated_postgres_database_says_to_migrate(
-    pg_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from crewflow.entrypoints.cli import main
+def test_tenants_cli_on_an_unmigrated_postgres_database_says_to_migrate(pg_url: str) -> None:
+    result = crewflow("tenants", "create", "acme", "--database-url", pg_url)
 
-    assert main(["tenants", "create", "acme", "--database-url", pg_url]) == 1
-    assert "crewflow migrate" in capsys.readouterr().err
+    assert result.returncode == 1
+    assert "crewflow migrate" in result.stderr
 
 
 async def test_a_pooled_connection_is_replaced_after_serving_its_budget_of_tenants(pg_url: str) -> None:

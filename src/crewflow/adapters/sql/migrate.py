@@ -5,10 +5,10 @@ PostgreSQL (ADR 0006):
 - ``public`` first, then every schema named ``tenant_*`` (and the provisioner's spare schemas), ``concurrency``
   at a time (default 8), each on its own connection and in its own transaction: many schemas in one
   transaction would run out of lock slots (``max_locks_per_transaction``).
-- The version of a schema lives in that schema (``<schema>.alembic_version``) and is read ``FOR UPDATE`` at
-  the start of its transaction, so the run is idempotent (a schema at head is left alone), resumable after
-  being killed (a schema's DDL and its new version commit together or not at all) and safe against a second
-  runner (it waits on the row lock, then sees head).
+- The version of a schema lives in that schema (``<schema>.alembic_version``) and is read at the start of
+  its transaction, under a transaction-level advisory lock on the schema name, so the run is idempotent (a
+  schema at head is left alone), resumable after being killed (a schema's DDL and its new version commit
+  together or not at all) and safe against a second runner (it waits for the lock, then sees head).
 - Every transaction starts with ``SET LOCAL lock_timeout`` (200 ms): an ``ALTER`` queued behind a long
   transaction would otherwise block every later read of that table. On a lock timeout (or deadlock) the
   schema is retried with exponential backoff and jitter; after ``max_attempts`` it is reported as failed.
@@ -72,6 +72,7 @@ SPARE_SCHEMA_PREFIX = "crewflow_spare_"
 
 # SQLSTATEs worth a retry: lock_not_available (lock_timeout), deadlock_detected, serialization_failure.
 _RETRYABLE = frozenset({"55P03", "40P01", "40001"})
+_ADVISORY_CLASS = 0x6372_6577  # "crew": the advisory-lock namespace of the migration runner
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +336,9 @@ class _PostgresRunner:
                 f"{self.options.lock_timeout_ms}ms",
                 quote_schema(schema),
             )
+            # One runner per schema at a time, even before the schema has a version row to lock (two runners
+            # would otherwise race to create alembic_version). Waiting for it is bounded by lock_timeout.
+            await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _ADVISORY_CLASS, schema)
             present, versioned = await conn.fetchrow(
                 "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), "
                 "to_regclass('alembic_version') IS NOT NULL",
