@@ -258,6 +258,12 @@ async def overhead(
         lines.append(row)
         print(row, flush=True)
     lines.append("")
+    lines.append(
+        "Caveat: in the concurrent row both contenders share one event loop, so the gateway's extra CPU (below) "
+        "also delays the direct calls next to it; a client that is CPU-bound would pay that CPU per call times "
+        "its queue depth."
+    )
+    lines.append("")
     cpu: dict[str, list[float]] = {"direct": [], "gateway": []}
     for r in range(4):  # alternate blocks: direct, gateway, gateway, direct, ...
         order = [("direct", direct), ("gateway", via_gateway)]
