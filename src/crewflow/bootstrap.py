@@ -16,15 +16,18 @@ from crewflow.application.engine import Engine
 from crewflow.domain.failover import Budget
 from crewflow.domain.flow import FlowLimits
 from crewflow.ports.auth import PasswordHasher, RateLimiter, TokenRevocations, TokenService
+from crewflow.ports.bus import EventBus
 from crewflow.ports.clock import Clock, IdGenerator
 from crewflow.ports.llm import LLMGateway, ProviderConfig
 from crewflow.ports.logstore import LogStore
+from crewflow.ports.queue import JobQueue
 from crewflow.ports.runtime import AgentRuntime, ToolSandbox
 from crewflow.ports.secrets import SecretCipher
 from crewflow.ports.uow import UnitOfWorkFactory
 from crewflow.settings import Settings
 
 if TYPE_CHECKING:
+    from crewflow.application.executions import ExecutionRecorder
     from crewflow.application.providers import RepositoryProviderRegistry
     from crewflow.ports.provisioning import TenantProvisioner
 
@@ -115,6 +118,9 @@ class ApiContainer:
     cipher: SecretCipher
     engine: Engine
     provider_registry: RepositoryProviderRegistry  # tenants' LLM providers for the gateway; writes invalidate
+    bus: EventBus  # live execution events for WebSocket clients
+    recorder: ExecutionRecorder  # where execution events go: checkpoints, replay log, bus
+    queue: JobQueue  # runs executions (started with the app, closed first by ``aclose``)
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     user_status: UserStatusCache = field(default_factory=UserStatusCache)  # read by the token middleware
 
@@ -157,20 +163,27 @@ def _cipher_keyring(settings: Settings) -> str:
     return _local_secret(settings, "CREWFLOW_SECRET_KEY", "secret-keyring", generate_key)
 
 
-async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds: int = 12) -> ApiContainer:
+async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds: int = 12,
+                              runtime: AgentRuntime | None = None) -> ApiContainer:  # fmt: skip
     """Embedded defaults with no configuration (SQLite file under the data directory, migrated on start,
     in-memory revocations and rate limits); PostgreSQL when ``CREWFLOW_DATABASE_URL`` says so (migrate it
-    with ``crewflow migrate`` first)."""
+    with ``crewflow migrate`` first). ``runtime`` replaces the agent runtime (tests, embedding)."""
     from pathlib import Path
 
     from crewflow.adapters.auth import BcryptHasher, JwtTokenService
+    from crewflow.adapters.cache.memory import MemoryCache
     from crewflow.adapters.crypto.aesgcm import AesGcmCipher
     from crewflow.adapters.llm import build_provider
     from crewflow.adapters.memory import MemoryRateLimiter, MemoryTokenRevocations
+    from crewflow.adapters.memory.bus import MemoryEventBus
+    from crewflow.adapters.memory.queue import InProcessJobQueue
     from crewflow.adapters.sql import SqlUnitOfWorkFactory, open_database
+    from crewflow.adapters.sql.checkpoints import CheckpointSink
     from crewflow.adapters.sql.logstore import SqlLogStore
     from crewflow.adapters.sql.migrate import migrate
     from crewflow.adapters.sql.provisioning import open_provisioner
+    from crewflow.application.executions import ExecutionRecorder, ExecutionRunner
+    from crewflow.application.gateway import Gateway
     from crewflow.application.providers import RepositoryProviderRegistry
 
     settings = settings or Settings.from_env()
@@ -186,20 +199,31 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     clock = SystemClock()
     uow_factory = SqlUnitOfWorkFactory(database)
     cipher = AesGcmCipher.from_setting(_cipher_keyring(settings))
+    logstore = SqlLogStore(database)
+    provider_registry = RepositoryProviderRegistry(uow_factory, cipher, build_provider, clock)
+    # non-scripted agents run on CrewAI over the failover gateway with each tenant's providers
+    engine = build_engine(settings, runtime=runtime, gateway=Gateway(provider_registry, cache=MemoryCache()))
+    bus = MemoryEventBus()
+    recorder = ExecutionRecorder(lambda tenant_id: CheckpointSink(uow_factory, tenant_id), logstore, bus, clock)
+    concurrency = int(settings.extra.get("CREWFLOW_WORKER_CONCURRENCY") or 4)
     container = ApiContainer(
         settings=settings,
         clock=clock,
         ids=UuidGenerator(),
         uow_factory=uow_factory,
-        logstore=SqlLogStore(database),
+        logstore=logstore,
         provisioner=provisioner,
         hasher=BcryptHasher(bcrypt_rounds),
         tokens=JwtTokenService(_jwt_secret(settings)),
         revocations=MemoryTokenRevocations(),
         limiter=MemoryRateLimiter(),
         cipher=cipher,
-        engine=build_engine(settings),
-        provider_registry=RepositoryProviderRegistry(uow_factory, cipher, build_provider, clock),
+        engine=engine,
+        provider_registry=provider_registry,
+        bus=bus,
+        recorder=recorder,
+        queue=InProcessJobQueue(ExecutionRunner(uow_factory, engine, recorder), concurrency=concurrency),
     )
     container.closers.extend([database.dispose, provisioner.aclose, container.provider_registry.close])
+    container.closers.append(container.queue.close)  # closed first: running jobs still reach the database
     return container

@@ -16,10 +16,12 @@ from crewflow import __version__
 from crewflow.entrypoints.http.agents import AgentController
 from crewflow.entrypoints.http.audit_routes import AuditController
 from crewflow.entrypoints.http.auth_routes import AuthController
+from crewflow.entrypoints.http.executions import ExecutionController, FlowExecutionController
 from crewflow.entrypoints.http.limits import RateLimitMiddleware, RequestContextMiddleware, security_headers
 from crewflow.entrypoints.http.problems import problem_details_plugin, unexpected_error_handler
 from crewflow.entrypoints.http.security import TokenAuthMiddleware
 from crewflow.entrypoints.http.users import UserController
+from crewflow.entrypoints.http.ws import execution_events
 
 if TYPE_CHECKING:
     from crewflow.bootstrap import ApiContainer
@@ -43,6 +45,9 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
     start-up (each server worker process builds its own) and closes it at shutdown."""
     api = Router(path=API_PREFIX, route_handlers=[AgentController, AuthController, UserController, AuditController,
                                                      *(route_handlers or [])])  # fmt: skip
+    api.register(FlowExecutionController)
+    api.register(ExecutionController)
+    api.register(execution_events)
     state = State({"container": container})
 
     async def on_startup() -> None:
@@ -50,6 +55,7 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
             from crewflow.bootstrap import build_api_container
 
             state.container = await build_api_container(settings)
+        await state.container.queue.start()  # executions run in this process (stopped by the container's aclose)
         if state.container.settings.extra.get("CREWFLOW_DEMO") == "1":
             from crewflow.entrypoints.http.demo import seed_demo_workspace
 

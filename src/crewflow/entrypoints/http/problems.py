@@ -11,6 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 
+from crewflow.application.executions import InvalidArguments
 from crewflow.domain.auth import RateLimited, Unauthenticated
 from crewflow.domain.errors import Conflict, FlowInvalid, NotFound, PermissionDenied
 
@@ -64,6 +65,8 @@ MAPPING: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
     RateLimited: lambda e: _problem(429, "Too Many Requests", str(e),
                                     headers={"Retry-After": str(max(1, round(e.retry_after)))}),
     FlowInvalid: _flow_invalid,
+    InvalidArguments: lambda e: _problem(422, "Unprocessable Content", "the request is invalid", extra={
+        "errors": [{"field": p.where, "message": p.message, "source": "body"} for p in e.problems]}),
     ValidationException: _validation,
     HTTPException: _http,
 }

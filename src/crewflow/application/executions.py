@@ -1,0 +1,353 @@
+"""Use cases around executions: start one on the job queue, run it in a worker, cancel it, read it back,
+and watch its events exactly once and in order (replay log + live bus).
+
+Every function takes the tenant id from its caller (the token, at the HTTP edge) and builds its unit of
+work for that tenant only, so another tenant's execution is ``NotFound`` like a missing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from crewflow.application.catalog import resolve_flow
+from crewflow.application.engine import Engine, Resume
+from crewflow.application.event_sinks import BusSink, LogStoreSink
+from crewflow.domain.errors import Conflict, DomainError, FlowInvalid, NotFound, Problem
+from crewflow.domain.events import EventKind, ExecutionEvent
+from crewflow.domain.execution import Execution, IdempotencyRecord, NodeRun
+from crewflow.domain.flow import Flow
+from crewflow.domain.logs import Page
+from crewflow.domain.scheduler import NodeStatus, RunStatus
+from crewflow.ports.bus import EventBus
+from crewflow.ports.clock import Clock, IdGenerator
+from crewflow.ports.events import EventSink
+from crewflow.ports.logstore import LogStore, TenantLogStore
+from crewflow.ports.queue import JobQueue, RunExecution
+from crewflow.ports.uow import UnitOfWork, UnitOfWorkFactory
+
+__all__ = [
+    "ExecuteFlow",
+    "ExecutionDetails",
+    "ExecutionRecorder",
+    "ExecutionRunner",
+    "InvalidArguments",
+    "LogPage",
+    "cancel_execution",
+    "execute_flow",
+    "execution_logs",
+    "get_execution",
+    "is_final_event",
+    "list_executions_for_flow",
+    "watch_execution",
+]
+
+log = structlog.get_logger("crewflow.executions")
+_REPLAY_BATCH = 500
+
+
+class InvalidArguments(DomainError):
+    """A request's arguments are wrong in a way only the application can tell (e.g. a flow's required input
+    is missing). ``problems`` name each field."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("; ".join(str(p) for p in self.problems) or "invalid arguments")
+
+
+def is_final_event(event: ExecutionEvent) -> bool:
+    """The run's terminal event: nothing of this execution comes after it."""
+    return event.node_id is None and event.kind.is_terminal_run
+
+
+# -- recording ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ExecutionRecorder:
+    """Where a tenant's execution events go, in this order: the checkpoint (execution row and node runs), the
+    replay log, the live bus. A subscriber that sees an event live can therefore always find it in the log.
+    ``checkpoints`` builds the checkpoint sink of a tenant (an adapter, injected by the composition root)."""
+
+    checkpoints: Callable[[str], EventSink]
+    logstore: LogStore
+    bus: EventBus
+    clock: Clock
+
+    def sinks(self, tenant_id: str) -> list[EventSink]:
+        return [self.checkpoints(tenant_id), LogStoreSink(self.logstore.for_tenant(tenant_id)),
+                BusSink(self.bus, tenant_id)]  # fmt: skip
+
+    async def end_without_run(self, tenant_id: str, execution: Execution, kind: EventKind,
+                              data: Mapping[str, Any]) -> None:  # fmt: skip
+        """Record the terminal event of an execution the engine never ran (cancelled while queued, or its
+        flow can no longer run), so watchers and the execution row both see the end."""
+        event = ExecutionEvent(execution.id, execution.last_seq + 1, kind, self.clock.now(), None, dict(data))
+        for sink in self.sinks(tenant_id):
+            await sink.publish([event])
+
+
+# -- execute -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ExecuteFlow:
+    tenant_id: str
+    flow_id: str
+    version: int | None = None
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    execution_id: str
+    replayed: bool = False  # True: an earlier request with the same Idempotency-Key created it
+
+
+def _request_hash(cmd: ExecuteFlow) -> str:
+    body = {"flow_id": cmd.flow_id, "version": cmd.version, "inputs": cmd.inputs}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def _replayed(uow: UnitOfWork, key: str, request_hash: str) -> Accepted | None:
+    previous = await uow.idempotency.find(key)
+    if previous is None:
+        return None
+    if previous.request_hash != request_hash or previous.response is None:
+        raise Conflict("this Idempotency-Key was already used with a different request")
+    return Accepted(str(previous.response["execution_id"]), replayed=True)
+
+
+async def execute_flow(cmd: ExecuteFlow, *, uow_factory: UnitOfWorkFactory, queue: JobQueue, clock: Clock,
+                       ids: IdGenerator) -> Accepted:  # fmt: skip
+    """Resolve the flow version for the caller's tenant, check the inputs, commit the execution as
+    ``pending`` (with the idempotency record, in the same transaction), then enqueue it. The same key with
+    the same request answers the first execution's id; with a different request, ``Conflict``."""
+    request_hash = _request_hash(cmd)
+    key = cmd.idempotency_key
+    accepted: Accepted | None = None
+    for attempt in range(2):
+        try:
+            async with uow_factory.for_tenant(cmd.tenant_id) as uow:
+                if key is not None and (accepted := await _replayed(uow, key, request_hash)) is not None:
+                    break
+                flow = await resolve_flow(uow, cmd.flow_id, cmd.version)
+                missing = flow.missing_inputs(cmd.inputs)
+                if missing:
+                    raise InvalidArguments([Problem("missing_input", "is required", f"inputs.{name}")
+                                            for name in missing])  # fmt: skip
+                now = clock.now()
+                execution = Execution(id=ids.new_id(), flow_id=flow.id, flow_version=flow.version, created_at=now,
+                                      inputs=dict(cmd.inputs))  # fmt: skip
+                await uow.executions.add(execution)
+                if key is not None:
+                    await uow.idempotency.add(IdempotencyRecord(key, request_hash, now,
+                                                                {"execution_id": execution.id}))  # fmt: skip
+                await uow.commit()
+                accepted = Accepted(execution.id)
+                break
+        except Conflict:
+            if key is None or attempt > 0:
+                raise
+            # a concurrent request with the same key committed first: answer as it did (or 409)
+    assert accepted is not None
+    # Enqueuing an execution that is queued, running or finished is harmless (job id = execution id; a worker
+    # skips finished ones), so a replay also re-enqueues: it rescues a first request that died before this.
+    await queue.enqueue(RunExecution(cmd.tenant_id, accepted.execution_id, cmd.request_id))
+    return accepted
+
+
+# -- run (what a worker does) --------------------------------------------------------------------------------
+async def _all_node_runs(uow: UnitOfWork, execution_id: str) -> list[NodeRun]:
+    runs: list[NodeRun] = []
+    cursor: str | None = None
+    while True:
+        page = await uow.node_runs.list_for_execution(execution_id, cursor, 100)
+        runs.extend(page.items)
+        if page.next_cursor is None:
+            return runs
+        cursor = page.next_cursor
+
+
+def _resume(execution: Execution, runs: Sequence[NodeRun]) -> Resume | None:
+    """Checkpoints of an earlier attempt: completed nodes are never run again, seq numbers continue."""
+    if execution.last_seq == 0 and not runs:
+        return None
+    done = [r for r in runs if r.status == NodeStatus.COMPLETED]
+    return Resume(completed={r.node_id: r.output for r in done},
+                  branches={r.node_id: list(r.branches) for r in done if r.branches is not None},
+                  last_seq=execution.last_seq)  # fmt: skip
+
+
+class ExecutionRunner:
+    """The job handler: run (or resume) one stored execution, honouring its cancel signal.
+
+    Loads the execution and its flow version; a finished execution is left alone (a duplicate job). The
+    engine runs with the recorder's sinks, so node checkpoints, the replay log and the live bus receive
+    every event in order. When ``cancel`` is set the run stops (running nodes are interrupted) and ends
+    ``cancelled``; when the worker itself is torn down (shutdown), the run is interrupted and recorded so."""
+
+    def __init__(self, uow_factory: UnitOfWorkFactory, engine: Engine, recorder: ExecutionRecorder) -> None:
+        self.uow_factory = uow_factory
+        self.engine = engine
+        self.recorder = recorder
+
+    async def __call__(self, job: RunExecution, cancel: asyncio.Event) -> None:
+        tenant_id, execution_id = job.tenant_id, job.execution_id
+        unrunnable: str | None = None
+        flow: Flow | None = None
+        async with self.uow_factory.for_tenant(tenant_id) as uow:
+            try:
+                execution = await uow.executions.get(execution_id)
+            except NotFound:
+                log.warning("execution.job_without_execution", tenant_id=tenant_id, execution_id=execution_id)
+                return
+            if execution.status.is_terminal:
+                return
+            try:
+                flow = await resolve_flow(uow, execution.flow_id, execution.flow_version)
+            except (NotFound, FlowInvalid) as exc:
+                unrunnable = f"the flow cannot run: {exc}"
+            runs = await _all_node_runs(uow, execution_id)
+        if cancel.is_set():
+            await self.recorder.end_without_run(tenant_id, execution, EventKind.RUN_CANCELLED, {"reason": "cancelled"})
+            return
+        if flow is None:
+            await self.recorder.end_without_run(tenant_id, execution, EventKind.RUN_FAILED,
+                                                {"error": unrunnable or "the flow cannot run"})  # fmt: skip
+            return
+        log.info("execution.started", tenant_id=tenant_id, execution_id=execution_id, flow_id=flow.id,
+                 resumed=bool(runs))  # fmt: skip
+        handle = self.engine.start(flow, execution.inputs, tenant_id=tenant_id, execution_id=execution_id,
+                                   sinks=self.recorder.sinks(tenant_id), resume=_resume(execution, runs))  # fmt: skip
+        result = asyncio.ensure_future(handle.result())
+        cancelled = asyncio.ensure_future(cancel.wait())
+        try:
+            await asyncio.wait({result, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            if not result.done():
+                handle.cancel("cancelled")
+            outcome = await result
+        except asyncio.CancelledError:
+            handle.cancel("interrupted")
+            with contextlib.suppress(Exception):
+                await asyncio.shield(result)
+            raise
+        finally:
+            cancelled.cancel()
+        log.info("execution.finished", tenant_id=tenant_id, execution_id=execution_id, status=str(outcome.status))
+
+
+# -- cancel ------------------------------------------------------------------------------------------------
+async def cancel_execution(tenant_id: str, execution_id: str, *, uow_factory: UnitOfWorkFactory, queue: JobQueue,
+                           recorder: ExecutionRecorder) -> RunStatus:  # fmt: skip
+    """Ask whoever holds the execution to stop it (``RUNNING`` is returned: it ends ``cancelled`` shortly).
+    An execution no worker holds (never enqueued, or left over by a stopped process) is cancelled here
+    (``CANCELLED``). A finished one is a ``Conflict``."""
+    async with uow_factory.for_tenant(tenant_id) as uow:
+        execution = await uow.executions.get(execution_id)
+    if execution.status.is_terminal:
+        raise Conflict(f"execution {execution_id!r} already {execution.status}")
+    if await queue.cancel(tenant_id, execution_id):
+        return RunStatus.RUNNING
+    await recorder.end_without_run(tenant_id, execution, EventKind.RUN_CANCELLED, {"reason": "cancelled"})
+    return RunStatus.CANCELLED
+
+
+# -- read --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ExecutionDetails:
+    execution: Execution
+    nodes: tuple[NodeRun, ...]
+
+
+async def get_execution(tenant_id: str, execution_id: str, *, uow_factory: UnitOfWorkFactory) -> ExecutionDetails:
+    async with uow_factory.for_tenant(tenant_id) as uow:
+        execution = await uow.executions.get(execution_id)
+        runs = await _all_node_runs(uow, execution_id)
+    return ExecutionDetails(execution, tuple(runs))
+
+
+async def list_executions_for_flow(tenant_id: str, flow_id: str, cursor: str | None = None, limit: int = 20, *,
+                                   uow_factory: UnitOfWorkFactory) -> Page[Execution]:  # fmt: skip
+    """Newest first. ``NotFound`` when the tenant has no such flow."""
+    async with uow_factory.for_tenant(tenant_id) as uow:
+        await uow.flows.get(flow_id)
+        return await uow.executions.list_for_flow(flow_id, cursor, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class LogPage:
+    events: tuple[ExecutionEvent, ...]
+    next_cursor: int | None  # the seq of the last event returned, when there may be more
+
+
+async def execution_logs(tenant_id: str, execution_id: str, after_seq: int = 0, limit: int = 50, *,
+                         uow_factory: UnitOfWorkFactory, logstore: LogStore) -> LogPage:  # fmt: skip
+    """Events of one execution with seq > ``after_seq``, oldest first."""
+    async with uow_factory.for_tenant(tenant_id) as uow:
+        await uow.executions.get(execution_id)
+    events = await logstore.for_tenant(tenant_id).events_after(execution_id, after_seq, limit + 1)
+    more = len(events) > limit
+    page = tuple(events[:limit])
+    return LogPage(page, page[-1].seq if more and page else None)
+
+
+# -- watch -------------------------------------------------------------------------------------------------
+async def _close(subscription: AsyncIterator[ExecutionEvent]) -> None:
+    aclose = getattr(subscription, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _replay(store: TenantLogStore, execution_id: str, after_seq: int,
+                  until: int | None = None) -> AsyncIterator[ExecutionEvent]:  # fmt: skip
+    while True:
+        batch = await store.events_after(execution_id, after_seq, _REPLAY_BATCH)
+        for event in batch:
+            if until is not None and event.seq >= until:
+                return
+            yield event
+            after_seq = event.seq
+        if len(batch) < _REPLAY_BATCH:
+            return
+
+
+async def watch_execution(tenant_id: str, execution_id: str, after_seq: int = 0, *, logstore: LogStore,
+                          bus: EventBus) -> AsyncGenerator[ExecutionEvent, None]:  # fmt: skip
+    """Every event of the execution with seq > ``after_seq``, each exactly once and in seq order, ending
+    with the run's terminal event.
+
+    Subscribes to the bus FIRST (the bus does not buffer), then replays the log store, then follows the live
+    feed, dropping what the replay already gave. Events reach the log before the bus (see
+    ``ExecutionRecorder``), so nothing falls between the two. A gap in the live feed is filled from the log;
+    a live feed that ends early (a slow subscriber dropped by the bus) is resumed by subscribing again and
+    replaying from the last event sent. The caller checks the execution belongs to the tenant first."""
+    store = logstore.for_tenant(tenant_id)
+    last = after_seq
+    while True:
+        live = bus.subscribe(tenant_id, execution_id)
+        try:
+            async for event in _replay(store, execution_id, last):
+                yield event
+                last = event.seq
+                if is_final_event(event):
+                    return
+            async for event in live:
+                if event.seq <= last:
+                    continue
+                if event.seq > last + 1:  # missed live (should not happen): take the gap from the log
+                    async for missed in _replay(store, execution_id, last, until=event.seq):
+                        yield missed
+                        last = missed.seq
+                yield event
+                last = event.seq
+                if is_final_event(event):
+                    return
+        finally:
+            await _close(live)

@@ -1,0 +1,135 @@
+"""``WS /api/v1/ws/executions/{execution_id}?last_seq=N`` — an execution's events, live.
+
+Protocol (server → client): one JSON text message per event, ``{"execution_id", "seq", "kind", "at",
+"node_id", "data"}``, every event with seq > ``last_seq`` exactly once and in seq order (the replay log,
+then the live stream); after the run's terminal event (``run.completed|failed|cancelled``) the server
+closes with 1000. To resume after a disconnect, reconnect with ``last_seq`` = the last seq received.
+
+Authentication, the same token as the HTTP API, from (first found):
+1. ``Authorization: Bearer <token>`` (API clients);
+2. the session cookie (the same-origin canvas; a cookie-authenticated socket whose ``Origin`` is another
+   host is refused, against cross-site WebSocket hijacking);
+3. otherwise the first client message, ``{"token": "<token>"}``, within 10 s (browser code that holds a
+   token but cannot set headers). Tokens are not accepted in the query string: URLs end up in access logs.
+
+The connection is accepted before it is checked, so browsers see the close codes: 4401 authentication
+failed, 4403 role or origin not allowed, 4404 no such execution for the caller's tenant (another tenant's
+execution is the same 4404). The stream stops as soon as the client disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Annotated, Any, cast
+from urllib.parse import urlsplit
+
+import structlog
+from litestar import WebSocket, websocket
+from litestar.connection import ASGIConnection
+from litestar.exceptions import WebSocketDisconnect
+from litestar.handlers import send_websocket_stream
+from litestar.params import PathParameter, QueryParameter
+
+from crewflow.application.executions import get_execution, watch_execution
+from crewflow.domain.auth import Identity, Unauthenticated
+from crewflow.domain.errors import NotFound
+from crewflow.domain.events import ExecutionEvent
+from crewflow.domain.tenancy import Permission
+from crewflow.entrypoints.http.security import SESSION_COOKIE, TokenAuthMiddleware
+
+if TYPE_CHECKING:
+    from crewflow.bootstrap import ApiContainer
+
+__all__ = ["CLOSE_FORBIDDEN", "CLOSE_NOT_FOUND", "CLOSE_UNAUTHENTICATED", "execution_events"]
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+AUTH_MESSAGE_TIMEOUT = 10.0
+log = structlog.get_logger("crewflow.ws")
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(reason)
+
+
+def _same_origin(socket: WebSocket[Any, Any, Any]) -> bool:
+    origin = socket.headers.get("origin")
+    if not origin:
+        return True  # not a browser: cookies are not sent cross-site by anything else
+    return urlsplit(origin).netloc.lower() == socket.headers.get("host", "").lower()
+
+
+async def _verify(socket: WebSocket[Any, Any, Any], token: str | None) -> Identity:
+    """The same checks as every HTTP request (signature, expiry, revocation, user still active, current
+    role), by the same middleware code. ``token`` None: take it from the header or cookie."""
+    scope: dict[str, Any] = dict(socket.scope)
+    if token is not None:  # a connection whose only credential is this token (and no cached headers)
+        scope["headers"] = [(b"authorization", f"Bearer {token}".encode())]
+        scope["state"] = {}
+    try:
+        result = await TokenAuthMiddleware(socket.app).authenticate_request(ASGIConnection(cast(Any, scope)))
+    except Unauthenticated:
+        raise _Refused(CLOSE_UNAUTHENTICATED, "authentication failed") from None
+    return cast(Identity, result.user)
+
+
+async def _authenticate(socket: WebSocket[Any, Any, Any]) -> Identity:
+    header = socket.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return await _verify(socket, None)
+    if socket.cookies.get(SESSION_COOKIE):
+        if not _same_origin(socket):
+            raise _Refused(CLOSE_FORBIDDEN, "cross-origin request")
+        return await _verify(socket, None)
+    try:
+        async with asyncio.timeout(AUTH_MESSAGE_TIMEOUT):
+            message = await socket.receive_json()
+    except (TimeoutError, ValueError):
+        raise _Refused(CLOSE_UNAUTHENTICATED, "authentication required") from None
+    token = message.get("token") if isinstance(message, dict) else None
+    if not isinstance(token, str) or not token:
+        raise _Refused(CLOSE_UNAUTHENTICATED, "authentication required")
+    return await _verify(socket, token)
+
+
+async def _send_event(socket: WebSocket[Any, Any, Any], event: ExecutionEvent) -> None:
+    await socket.send_json(event.to_dict())
+
+
+@websocket("/ws/executions/{execution_id:str}", opt={"public": True})
+async def execution_events(
+    socket: WebSocket[Any, Any, Any],
+    execution_id: Annotated[str, PathParameter(description="the execution to watch", max_length=128)],
+    last_seq: Annotated[int, QueryParameter(ge=0, description="resume after this event seq")] = 0,
+) -> None:
+    """Stream an execution's events (replay after ``last_seq``, then live) until its terminal event."""
+    container: ApiContainer = socket.app.state.container
+    await socket.accept()
+    try:
+        identity = await _authenticate(socket)
+        if not identity.can(Permission.EXECUTIONS_READ):
+            raise _Refused(CLOSE_FORBIDDEN, "your role does not allow this")
+        try:
+            await get_execution(identity.tenant_id, execution_id, uow_factory=container.uow_factory)
+        except NotFound:
+            raise _Refused(CLOSE_NOT_FOUND, "execution not found") from None
+    except _Refused as refused:
+        await socket.close(code=refused.code, reason=refused.reason)
+        return
+    except WebSocketDisconnect:
+        return
+    events = watch_execution(identity.tenant_id, execution_id, last_seq, logstore=container.logstore,
+                             bus=container.bus)  # fmt: skip
+    try:
+        await send_websocket_stream(socket, events, close=False, send_handler=_send_event,
+                                    listen_for_disconnect=True, warn_on_data_discard=False)  # fmt: skip
+    finally:
+        await events.aclose()
+    if socket.connection_state != "disconnect":
+        with contextlib.suppress(WebSocketDisconnect):
+            await socket.close(code=1000, reason="execution finished")
