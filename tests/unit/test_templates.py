@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 
@@ -117,3 +118,26 @@ def test_to_text_of_values_json_cannot_encode_falls_back_to_str() -> None:
 def test_lookup_reads_the_path_of_a_reference() -> None:
     ref = Reference("nodes.score.output.nested.ok", "nodes", ("score", "output", "nested", "ok"))
     assert lookup(ref, CONTEXT) is True
+
+
+def _best_time(text: str) -> float:
+    best = float("inf")
+    for _ in range(15):
+        started = time.perf_counter()
+        references(text)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def test_scanning_an_unclosed_placeholder_grows_linearly_with_the_text() -> None:
+    # regression: "{{" followed by spaces backtracked cubically (4,000 spaces took 44 s) - a denial of service
+    # through any text field that validation scans. Four times the text must cost about four times as much
+    # (cubic growth would be 64 times, quadratic 16).
+    small = ("{{" + " " * 200 + "\n") * 50
+    large = ("{{" + " " * 800 + "\n") * 50
+    assert references(small + large) == []
+    assert _best_time(large) / _best_time(small) < 12
+
+
+def test_placeholders_hold_no_braces_and_may_span_lines() -> None:
+    assert [r.text for r in references("{{{ inputs.a }}} {{\n inputs.b\n}}")] == ["inputs.a", "inputs.b"]
