@@ -95,3 +95,18 @@ describe('helpers', () => {
     expect(pos.d.x).toBeGreaterThan(pos.b.x);
   });
 });
+
+import { inputSpecs, runInputs } from './flowDoc';
+
+describe('inputs', () => {
+  it('reads inputs declared as a mapping or as a list', () => {
+    expect(inputSpecs({ topic: { description: 'd', default: 'x' }, n: 3 })).toEqual([{ name: 'topic', description: 'd', default: 'x' }, { name: 'n', default: 3 }]);
+    expect(inputSpecs([{ name: 'topic', default: 'x', required: false }, 'other'])).toEqual([{ name: 'topic', default: 'x', required: false }, { name: 'other' }]);
+    expect(inputSpecs(undefined)).toEqual([]);
+  });
+
+  it('turns form values into run inputs, keeping text for text inputs', () => {
+    const specs = [{ name: 'topic', default: 'x' }, { name: 'count' }, { name: 'empty' }];
+    expect(runInputs(specs, { topic: '42', count: '7', empty: '' })).toEqual({ topic: '42', count: 7 });
+  });
+});

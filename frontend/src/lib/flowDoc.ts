@@ -267,3 +267,50 @@ export function layeredLayout(
   });
   return out;
 }
+
+export interface InputSpec {
+  name: string;
+  description?: string;
+  default?: unknown;
+  required?: boolean;
+}
+
+/** The flow's declared inputs, from either spelling: a mapping name → spec, or a list of names or specs. */
+export function inputSpecs(inputs: unknown): InputSpec[] {
+  if (Array.isArray(inputs)) {
+    return inputs.flatMap((i): InputSpec[] => {
+      if (typeof i === 'string') return [{ name: i }];
+      if (i && typeof i === 'object' && typeof (i as InputSpec).name === 'string') return [{ ...(i as InputSpec) }];
+      return [];
+    });
+  }
+  if (inputs && typeof inputs === 'object') {
+    return Object.entries(inputs as Record<string, unknown>).map(([name, spec]) =>
+      spec && typeof spec === 'object' ? { name, ...(spec as Omit<InputSpec, 'name'>) } : { name, default: spec ?? undefined },
+    );
+  }
+  return [];
+}
+
+/** Run inputs from the form's text values: JSON where it parses as an object/array/number/bool, else the text. */
+export function runInputs(specs: InputSpec[], values: Record<string, string>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const s of specs) {
+    const raw = values[s.name];
+    if (raw === undefined || raw === '') continue;
+    out[s.name] = typeof s.default === 'string' ? raw : parseLoose(raw);
+  }
+  return out;
+}
+
+function parseLoose(raw: string): unknown {
+  const t = raw.trim();
+  if (/^(\{|\[|-?\d|true$|false$|null$)/.test(t)) {
+    try {
+      return JSON.parse(t);
+    } catch {
+      /* keep the text */
+    }
+  }
+  return raw;
+}

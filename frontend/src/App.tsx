@@ -1,0 +1,82 @@
+import { Link, Navigate, NavLink, Route, Routes, useLocation, useNavigate } from 'react-router-dom';
+import { useQueryClient } from '@tanstack/react-query';
+import { SessionProvider, useSession } from './auth';
+import { auth } from './api/resources';
+import { LoginPage, RegisterPage } from './pages/AuthPages';
+import { AgentsPage } from './pages/AgentsPage';
+import { FlowsPage } from './pages/FlowsPage';
+import { FlowEditorPage } from './pages/FlowEditorPage';
+import { ExecutionsPage } from './pages/ExecutionsPage';
+import { ExecutionPage } from './pages/ExecutionPage';
+
+export function App() {
+  return (
+    <SessionProvider>
+      <Shell />
+    </SessionProvider>
+  );
+}
+
+function Shell() {
+  const { me, loading } = useSession();
+  const location = useLocation();
+  if (loading) return <div className="p-6 text-slate-500">Loading…</div>;
+  if (!me) {
+    return (
+      <Routes>
+        <Route path="/register" element={<RegisterPage />} />
+        <Route path="/login" element={<LoginPage />} />
+        <Route path="*" element={<Navigate to="/login" replace state={{ from: location.pathname }} />} />
+      </Routes>
+    );
+  }
+  return (
+    <div className="flex h-full flex-col">
+      <TopBar />
+      <main className="min-h-0 flex-1 overflow-auto">
+        <Routes>
+          <Route path="/" element={<Navigate to="/flows" replace />} />
+          <Route path="/login" element={<Navigate to="/flows" replace />} />
+          <Route path="/register" element={<Navigate to="/flows" replace />} />
+          <Route path="/agents" element={<AgentsPage />} />
+          <Route path="/flows" element={<FlowsPage />} />
+          <Route path="/flows/new" element={<FlowEditorPage />} />
+          <Route path="/flows/:flowId" element={<FlowEditorPage />} />
+          <Route path="/flows/:flowId/executions" element={<ExecutionsPage />} />
+          <Route path="/executions/:executionId" element={<ExecutionPage />} />
+          <Route path="*" element={<div className="p-6">Not found. <Link className="text-blue-700 underline" to="/flows">Flows</Link></div>} />
+        </Routes>
+      </main>
+    </div>
+  );
+}
+
+function TopBar() {
+  const { me } = useSession();
+  const qc = useQueryClient();
+  const navigate = useNavigate();
+  const logout = async () => {
+    try {
+      await auth.logout();
+    } catch {
+      /* the session may already be gone */
+    }
+    qc.clear();
+    qc.setQueryData(['me'], null);
+    navigate('/login');
+  };
+  const link = ({ isActive }: { isActive: boolean }) => `px-2 py-1 rounded ${isActive ? 'bg-slate-700 text-white' : 'text-slate-200 hover:text-white'}`;
+  return (
+    <header className="flex items-center gap-4 bg-slate-900 px-4 py-2 text-sm text-white">
+      <span className="font-semibold">crewflow</span>
+      <nav className="flex gap-1">
+        <NavLink to="/flows" className={link}>Flows</NavLink>
+        <NavLink to="/agents" className={link}>Agents</NavLink>
+      </nav>
+      <div className="ml-auto flex items-center gap-3">
+        <span data-testid="whoami">{me?.user.email} · {me?.tenant.name} · <b data-testid="role">{me?.user.role}</b></span>
+        <button onClick={logout} className="rounded border border-slate-500 px-2 py-0.5 hover:bg-slate-700">Log out</button>
+      </div>
+    </header>
+  );
+}

@@ -1,0 +1,98 @@
+// The API's resources, typed after src/crewflow/entrypoints/http/*.py.
+
+import { api, fetchAllPages, listPage, type Page } from './client';
+import type { FlowProblem } from './errors';
+import type { FlowDocument } from '../lib/flowDoc';
+import type { ExecutionEvent } from '../lib/runEvents';
+
+export type Role = 'admin' | 'member' | 'viewer';
+
+export interface UserOut { id: string; email: string; role: Role; is_active: boolean }
+export interface TenantOut { id: string; slug: string; name: string }
+export interface Me { user: UserOut; tenant: TenantOut }
+export interface TokenOut { access_token: string; token_type: string; expires_at: number; user: UserOut; tenant_id: string }
+
+export interface Agent {
+  id: string;
+  role: string;
+  goal: string;
+  backstory: string;
+  provider: string | null;
+  model: string | null;
+  tools: string[];
+  allow_delegation: boolean;
+  max_iter: number;
+  temperature: number | null;
+  cache: boolean;
+}
+export type AgentIn = Partial<Agent> & { role: string; goal: string };
+
+export interface Crew { id: string; agents: string[]; tasks: Array<{ name: string; description: string; expected_output: string; agent: string | null; context: string[] }>; process: string; description: string; manager_provider: string | null }
+
+export interface FlowSummary { id: string; name: string; description: string; current_version: number; is_active: boolean; created_at: number; updated_at: number }
+export interface FlowOut extends FlowSummary { definition: FlowDocument }
+export interface FlowVersionOut { flow_id: string; version: number; created_at: number; created_by: string | null; definition: FlowDocument }
+export interface ValidationOut { valid: boolean; problems: FlowProblem[] }
+
+export interface ExecutionSummary { id: string; flow_id: string; flow_version: number; status: string; created_at: number; started_at: number | null; finished_at: number | null; error: string | null }
+export interface NodeRunOut { node_id: string; status: string; attempts: number; output: unknown; error: string | null; started_at: number | null; finished_at: number | null; duration: number | null; input_tokens: number; output_tokens: number; cost: number }
+export interface ExecutionOut extends ExecutionSummary {
+  inputs: Record<string, unknown>;
+  outputs: Record<string, unknown> | null;
+  duration: number | null;
+  last_seq: number;
+  input_tokens: number;
+  output_tokens: number;
+  cost: number;
+  nodes: NodeRunOut[];
+}
+
+const enc = encodeURIComponent;
+
+export const auth = {
+  register: (body: { tenant_name: string; slug: string; email: string; password: string }) =>
+    api.post<{ tenant: TenantOut; user: UserOut }>('/auth/register', body),
+  login: (email: string, password: string) => api.post<TokenOut>('/auth/login', { email, password }),
+  logout: () => api.post<void>('/auth/logout'),
+  me: () => api.get<Me>('/auth/me'),
+};
+
+export const agents = {
+  page: listPage<Agent>('/agents', 50),
+  all: () => fetchAllPages(listPage<Agent>('/agents', 100)),
+  get: (id: string) => api.get<Agent>(`/agents/${enc(id)}`),
+  create: (body: AgentIn) => api.post<Agent>('/agents', body),
+  update: (id: string, body: Partial<Agent>) => api.patch<Agent>(`/agents/${enc(id)}`, body),
+  remove: (id: string) => api.del(`/agents/${enc(id)}`),
+};
+
+export const crews = {
+  all: () => fetchAllPages(listPage<Crew>('/crews', 100)),
+};
+
+export const flows = {
+  page: (cursor: string | null) => api.get<Page<FlowSummary>>('/flows', { cursor, limit: 50 }),
+  get: (id: string) => api.get<FlowOut>(`/flows/${enc(id)}`),
+  version: (id: string, v: number) => api.get<FlowVersionOut>(`/flows/${enc(id)}/versions/${v}`),
+  create: (doc: FlowDocument) => api.post<FlowOut>('/flows', doc),
+  save: (id: string, doc: FlowDocument, expectedVersion: number) =>
+    api.put<FlowOut>(`/flows/${enc(id)}`, { expected_version: expectedVersion, definition: doc }),
+  remove: (id: string) => api.del(`/flows/${enc(id)}`),
+  validate: (doc: FlowDocument) => api.post<ValidationOut>('/flows/validate', doc),
+  execute: (id: string, inputs: Record<string, unknown>, idempotencyKey: string) =>
+    api.post<{ execution_id: string; status_url: string }>(`/flows/${enc(id)}/execute`, { inputs }, { 'Idempotency-Key': idempotencyKey }),
+  executions: (id: string, cursor: string | null) => api.get<Page<ExecutionSummary>>(`/flows/${enc(id)}/executions`, { cursor, limit: 20 }),
+};
+
+export const executions = {
+  get: (id: string) => api.get<ExecutionOut>(`/executions/${enc(id)}`),
+  cancel: (id: string) => api.post<{ execution_id: string; status: string }>(`/executions/${enc(id)}/cancel`),
+  logs: (id: string, cursor: string | null, limit = 100) =>
+    api.get<Page<Omit<ExecutionEvent, 'execution_id'>>>(`/executions/${enc(id)}/logs`, { cursor, limit }),
+};
+
+/** What each role may do (the seed's matrix; the API enforces it anyway). */
+export function permissions(role: Role | undefined) {
+  const writer = role === 'admin' || role === 'member';
+  return { editAgents: writer, editFlows: writer, execute: writer, admin: role === 'admin' };
+}
