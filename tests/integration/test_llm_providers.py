@@ -366,3 +366,26 @@ async def test_the_log_records_model_digest_and_no_body(server: LLMTestServer) -
     assert entry.model == "gpt-test"
     assert len(entry.body_sha256) == 64
     assert "secret question text" not in json.dumps(entry.to_dict())
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_stream_cut_midway_is_a_typed_error_and_the_call_fails_over(
+    server: LLMTestServer, gateway_for: Any, kind: str
+) -> None:
+    server.provider("primary").fail(Fault.cut(times=None))
+    provider = build_provider(config(server, "primary", kind))
+    partial: list[str] = []
+    try:
+        with pytest.raises(ServerError):
+            await provider.complete(ask(stream=True), on_token=partial.append)
+    finally:
+        await provider.close()
+    assert partial  # some tokens arrived before the cut
+    gateway = gateway_for(config(server, "primary", kind), config(server, "secondary", kind))
+    tokens: list[str] = []
+    response = await gateway.complete(ask(stream=True), CallScope("acme"), on_token=tokens.append)
+    assert response.provider == "secondary"
+    assert [a["outcome"] for a in response.attempts][-1] == "success"
+    assert {a["outcome"] for a in response.attempts[:-1]} == {"server_error"}
+    # the callback saw the cut-off beginning(s) from primary, then secondary's whole answer
+    assert "".join(tokens).endswith(response.content or "")

@@ -45,7 +45,7 @@ from crewflow.adapters.llm.scripted import ScriptedReply, apply_stop, count_toke
 
 __all__ = ["Fault", "LLMTestServer", "LoggedRequest", "SimulatedProvider", "main"]
 
-FAULT_KINDS = ("status", "hang", "slow", "malformed", "disconnect")
+FAULT_KINDS = ("status", "hang", "slow", "malformed", "disconnect", "cut")
 
 
 @dataclass(slots=True)
@@ -56,7 +56,8 @@ class Fault:
     - ``hang``: never answer (until the client gives up, or ``delay`` seconds then answer normally);
     - ``slow``: answer normally but wait ``delay`` seconds before the answer / between stream chunks;
     - ``malformed``: 200 with a body that is not JSON (not-SSE-JSON when streaming);
-    - ``disconnect``: close the connection without an answer.
+    - ``disconnect``: close the connection without an answer;
+    - ``cut``: a stream sends half of its chunks, then the connection closes (non-streamed: like ``disconnect``).
     """
 
     kind: str
@@ -104,6 +105,10 @@ class Fault:
     @classmethod
     def disconnect(cls, times: int | None = 1) -> Fault:
         return cls("disconnect", times=times)
+
+    @classmethod
+    def cut(cls, times: int | None = 1) -> Fault:
+        return cls("cut", times=times)
 
     @classmethod
     def from_spec(cls, spec: str | Mapping[str, Any]) -> Fault:
@@ -371,7 +376,9 @@ class LLMTestServer:
             payload = {"error": {"message": message, "type": etype, "code": status}}
         return web.json_response(payload, status=status, headers=headers)
 
-    async def _apply_fault(self, request: web.Request, api: str, fault: Fault) -> web.StreamResponse | None:
+    async def _apply_fault(
+        self, request: web.Request, api: str, fault: Fault, stream: bool
+    ) -> web.StreamResponse | None:
         """Answer for a fault, or ``None`` to go on with a normal (maybe slowed) answer."""
         if fault.kind == "status":
             kinds = {429: "rate_limit_error", 401: "authentication_error", 403: "permission_error",
@@ -387,7 +394,7 @@ class LLMTestServer:
             return None
         if fault.kind == "malformed":
             return web.Response(body=b'{"choices": [ this is not json', content_type="application/json")
-        if fault.kind == "disconnect":
+        if fault.kind == "disconnect" or (fault.kind == "cut" and not stream):
             transport = request.transport
             if transport is not None:
                 transport.close()
@@ -412,7 +419,7 @@ class LLMTestServer:
             return self._error("openai", 401, "invalid_request_error", "Incorrect API key provided")
         delay = 0.0
         if fault is not None:
-            answer = await self._apply_fault(request, "openai", fault)
+            answer = await self._apply_fault(request, "openai", fault, stream)
             if answer is not None:
                 if fault.kind == "malformed" and stream:
                     return await self._malformed_stream(request)
@@ -452,6 +459,8 @@ class LLMTestServer:
         chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         if (body.get("stream_options") or {}).get("include_usage"):
             chunks.append({**base, "choices": [], "usage": usage})
+        if fault is not None and fault.kind == "cut":
+            return await self._cut(request, resp, [_sse(c) for c in chunks])
         for chunk in chunks:
             if delay:
                 await asyncio.sleep(delay)
@@ -473,6 +482,15 @@ class LLMTestServer:
     async def _start_stream(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        return resp
+
+    @staticmethod
+    async def _cut(request: web.Request, resp: web.StreamResponse, frames: list[bytes]) -> web.StreamResponse:
+        for frame in frames[: max(1, len(frames) // 2)]:
+            await resp.write(frame)
+        await asyncio.sleep(0.01)  # let the client read what was sent before the connection drops
+        if request.transport is not None:
+            request.transport.close()
         return resp
 
     async def _malformed_stream(self, request: web.Request) -> web.StreamResponse:
@@ -501,7 +519,7 @@ class LLMTestServer:
             return self._error("anthropic", 400, "invalid_request_error", "max_tokens: Field required")
         delay = 0.0
         if fault is not None:
-            answer = await self._apply_fault(request, "anthropic", fault)
+            answer = await self._apply_fault(request, "anthropic", fault, stream)
             if answer is not None:
                 if fault.kind == "malformed" and stream:
                     return await self._malformed_stream(request)
@@ -556,6 +574,8 @@ class LLMTestServer:
                                          "delta": {"stop_reason": stop_reason, "stop_sequence": None},
                                          "usage": {"output_tokens": output_tokens}}))  # fmt: skip
         events.append(("message_stop", {"type": "message_stop"}))
+        if fault is not None and fault.kind == "cut":
+            return await self._cut(request, resp, [_sse(data, name) for name, data in events])
         for name, data in events:
             if delay:
                 await asyncio.sleep(delay)
