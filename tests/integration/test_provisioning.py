@@ -239,23 +239,23 @@ async def test_a_spare_schema_is_renamed_into_place_and_the_pool_refills_in_the_
 ) -> None:
     provisioner = PostgresProvisioner(db.engine, spare_pool_size=2, refill_interval=60)
     assert await provisioner.fill_spares() == 2
+    spares = {r[0] for r in await raw.fetch("SELECT schema_name FROM public.tenant_schema_pool")}
     t = tenant()
-
-    result = await provisioner.register(t)
-
-    assert result.from_spare
-    assert await raw.fetchval(f'SELECT version_num FROM "{t.db_schema}".alembic_version') == head_revision("tenant")
-    assert await catalog(raw, t.db_schema) == await catalog(
-        raw, await PostgresProvisioner(db.engine).create_schema("reference")
-    )
-    assert await provisioner.spare_count() == 1
-    provisioner.start()  # the take woke the refill loop
     try:
-        for _ in range(500):
-            if await provisioner.spare_count() == 2:
+        result = await provisioner.register(t)  # also starts the refill loop, woken by the take
+
+        assert result.from_spare
+        assert await raw.fetchval(f'SELECT version_num FROM "{t.db_schema}".alembic_version') == head_revision("tenant")
+        assert await catalog(raw, t.db_schema) == await catalog(
+            raw, await PostgresProvisioner(db.engine).create_schema("reference")
+        )
+        for _ in range(500):  # bounded wait for the background refill (interval 60 s: only the wake-up can do it)
+            now = {r[0] for r in await raw.fetch("SELECT schema_name FROM public.tenant_schema_pool")}
+            if len(now) == 2 and now != spares:
                 break
             await asyncio.sleep(0.02)
-        assert await provisioner.spare_count() == 2
+        assert len(now) == 2
+        assert len(now & spares) == 1  # one was taken, a new one replaced it
     finally:
         await provisioner.aclose()
     assert await provisioner.drain_spares() == 2
@@ -263,29 +263,35 @@ async def test_a_spare_schema_is_renamed_into_place_and_the_pool_refills_in_the_
 
 
 async def test_concurrent_registrations_take_distinct_spares(db: PostgresDatabase, raw: asyncpg.Connection) -> None:
-    provisioner = PostgresProvisioner(db.engine, spare_pool_size=4)
+    provisioner = PostgresProvisioner(db.engine, spare_pool_size=4, refill_interval=60)
     await provisioner.fill_spares()
+    spares = {r[0] for r in await raw.fetch("SELECT schema_name FROM public.tenant_schema_pool")}
     tenants = [tenant() for _ in range(4)]
-
-    results = await asyncio.gather(*(provisioner.register(t) for t in tenants))
+    try:
+        results = await asyncio.gather(*(provisioner.register(t) for t in tenants))
+    finally:
+        await provisioner.aclose()
 
     assert all(r.from_spare for r in results)
     assert {r.schema for r in results} == {t.db_schema for t in tenants}
-    assert await provisioner.spare_count() == 0
     for t in tenants:
         assert await schema_exists(raw, t.db_schema)
+    for spare in spares:  # every original spare was renamed into a tenant
+        assert not await schema_exists(raw, spare)
 
 
 async def test_a_spare_left_at_another_revision_is_dropped_not_handed_out(
     db: PostgresDatabase, raw: asyncpg.Connection
 ) -> None:
-    provisioner = PostgresProvisioner(db.engine, spare_pool_size=1)
+    provisioner = PostgresProvisioner(db.engine, spare_pool_size=1, refill_interval=60)
     await provisioner.fill_spares()
     spare = await raw.fetchval("SELECT schema_name FROM public.tenant_schema_pool")
     await raw.execute(f"UPDATE \"{spare}\".alembic_version SET version_num = 'older'")
     t = tenant()
-
-    result = await provisioner.register(t)
+    try:
+        result = await provisioner.register(t)
+    finally:
+        await provisioner.aclose()
 
     assert not result.from_spare
     assert not await schema_exists(raw, spare)

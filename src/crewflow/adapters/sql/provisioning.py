@@ -183,8 +183,10 @@ class PostgresProvisioner:
                 raise Conflict(f"tenant schema {schema} already exists") from None
             except asyncpg.UniqueViolationError as exc:
                 raise Conflict(f"tenant {tenant.id!r} or slug {tenant.slug!r} already exists") from exc
-        if from_spare:
-            self._wake.set()
+        if self.spare_pool_size:
+            self.start()  # the first registration starts the background refill (no-op when it runs)
+            if from_spare:
+                self._wake.set()
         log.info("tenant.provisioned", tenant_id=tenant.id, schema=schema, from_spare=from_spare)
         return Provisioned(tenant, schema, from_spare)
 
@@ -246,7 +248,8 @@ class PostgresProvisioner:
             dropped += 1
 
     def start(self) -> None:
-        """Keep the spare pool full in the background (no-op when ``spare_pool_size`` is 0)."""
+        """Keep the spare pool full in the background (no-op when ``spare_pool_size`` is 0). ``register``
+        calls it, so a provisioner built outside the event loop (``open_provisioner``) refills on first use."""
         if self.spare_pool_size and self._refill_task is None:
             self._refill_task = asyncio.create_task(self._refill_loop(), name="crewflow-spare-schemas")
 
