@@ -1,0 +1,280 @@
+"""Execution routes: execute (202 + Location, Idempotency-Key), read with node runs, list per flow, cancel,
+logs with cursor pagination, and tenant isolation on every route and on the WebSocket.
+
+The app runs on a real uvicorn server in the test's event loop (the in-process job queue runs there too);
+agents are ``scripted`` (offline)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from crewflow.adapters.runtime import ScriptedRuntime
+from crewflow.bootstrap import ApiContainer, build_api_container
+from crewflow.domain.execution import FlowRecord
+from crewflow.domain.tenancy import Role, Tenant, User
+from crewflow.entrypoints.http import create_app
+from crewflow.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+FLOW: dict[str, Any] = {
+    "name": "Two steps",
+    "inputs": {"topic": {"required": True}},
+    "agents": {"w": {"role": "Writer", "goal": "Write", "provider": "scripted"}},
+    "nodes": [
+        {"id": "in", "kind": "input"},
+        {"id": "research", "kind": "agent", "agent": "w", "task": "research {{ inputs.topic }}"},
+        {"id": "write", "kind": "agent", "agent": "w", "task": "write up: {{ nodes.research.output }}"},
+        {"id": "out", "kind": "output", "value": "{{ nodes.write.output }}"},
+    ],
+    "edges": ["in -> research", "research -> write", "write -> out"],
+}
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+async def _container(tmp_path: Path, runtime: ScriptedRuntime | None = None) -> ApiContainer:
+    settings = Settings(data_dir=str(tmp_path), extra={"CREWFLOW_JWT_SECRET": "x" * 40})
+    return await build_api_container(settings, bcrypt_rounds=4, runtime=runtime)
+
+
+@pytest.fixture
+async def container(tmp_path: Path) -> AsyncIterator[ApiContainer]:
+    built = await _container(tmp_path)
+    yield built
+    await built.aclose()
+
+
+@pytest.fixture
+async def slow_container(tmp_path: Path) -> AsyncIterator[ApiContainer]:
+    """Every agent takes an hour: a run stays mid-node until it is cancelled."""
+    built = await _container(tmp_path, ScriptedRuntime(latency=3600))
+    yield built
+    await built.aclose()
+
+
+@asynccontextmanager
+async def serve(container: ApiContainer) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on a real server in this event loop; yields an HTTP client for it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(container), log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def make_user(container: ApiContainer, role: Role = Role.ADMIN, tenant_id: str | None = None) -> tuple[str, str]:
+    if tenant_id is None:
+        tenant_id = uuid.uuid4().hex[:12]
+        await container.provisioner.register(Tenant(tenant_id, f"t-{tenant_id}", "T", f"tenant_{tenant_id}",
+                                                    datetime.now(UTC)))  # fmt: skip
+    user = User(uuid.uuid4().hex, tenant_id, f"{uuid.uuid4().hex[:8]}@example.com", role,
+                container.hasher.hash("pw-123456789"))  # fmt: skip
+    async with container.uow_factory.platform() as uow:
+        await uow.users.add(user)
+        await uow.commit()
+    return tenant_id, container.tokens.issue(user.id, tenant_id, role).token
+
+
+async def store_flow(container: ApiContainer, tenant_id: str, flow_id: str = "two") -> None:
+    now = container.clock.now()
+    async with container.uow_factory.for_tenant(tenant_id) as uow:
+        await uow.flows.add(FlowRecord(flow_id, "Two steps", now, now), FLOW)
+        await uow.commit()
+
+
+def auth(token: str, **headers: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", **headers}
+
+
+async def execute(client: httpx.AsyncClient, token: str, body: dict[str, Any] | None = None,
+                  flow_id: str = "two", **headers: str) -> httpx.Response:  # fmt: skip
+    body = {"inputs": {"topic": "owls"}} if body is None else body
+    return await client.post(f"/api/v1/flows/{flow_id}/execute", json=body, headers=auth(token, **headers))
+
+
+async def wait_until(client: httpx.AsyncClient, token: str, execution_id: str, statuses: set[str],
+                     node: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Poll GET /executions/{id} until the run (or one of its nodes) reaches one of ``statuses``."""
+    while True:
+        response = await client.get(f"/api/v1/executions/{execution_id}", headers=auth(token))
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        if node is None and body["status"] in statuses:
+            return body
+        if node is not None and any(n["node_id"] == node and n["status"] in statuses for n in body["nodes"]):
+            return body
+        await asyncio.sleep(0.02)
+
+
+async def test_execute_answers_202_with_location_and_the_execution_shows_outputs_and_node_runs(
+    container: ApiContainer,
+) -> None:
+    tenant, token = await make_user(container)
+    await store_flow(container, tenant)
+    async with serve(container) as client:
+        response = await execute(client, token)
+        assert response.status_code == 202, response.text
+        execution_id = response.json()["execution_id"]
+        assert response.headers["location"] == f"/api/v1/executions/{execution_id}"
+        done = await wait_until(client, token, execution_id, TERMINAL)
+    assert done["status"] == "completed"
+    assert done["inputs"] == {"topic": "owls"}
+    assert done["outputs"] == {"out": "[Writer] write up: [Writer] research owls"}
+    assert done["error"] is None
+    assert done["flow_version"] == 1
+    assert done["started_at"] <= done["finished_at"]
+    nodes = {n["node_id"]: n for n in done["nodes"]}
+    assert set(nodes) == {"in", "research", "write", "out"}
+    assert all(n["status"] == "completed" for n in nodes.values())
+    assert nodes["research"]["attempts"] == 1
+    assert nodes["research"]["output"] == "[Writer] research owls"
+    # tokens and cost are checkpointed from llm.attempt events (the gateway's); scripted agents make none
+    assert {k: nodes["write"][k] for k in ("input_tokens", "output_tokens", "cost")} == {
+        "input_tokens": 0, "output_tokens": 0, "cost": 0.0}
+    assert nodes["write"]["duration"] >= 0
+
+
+async def test_an_idempotency_key_replayed_with_the_same_body_starts_one_run_and_with_another_body_conflicts(
+    container: ApiContainer,
+) -> None:
+    tenant, token = await make_user(container)
+    await store_flow(container, tenant)
+    async with serve(container) as client:
+        first = await execute(client, token, **{"Idempotency-Key": "k-1"})
+        again = await execute(client, token, **{"Idempotency-Key": "k-1"})
+        other = await execute(client, token, {"inputs": {"topic": "bats"}}, **{"Idempotency-Key": "k-1"})
+        fresh = await execute(client, token, **{"Idempotency-Key": "k-2"})
+        assert first.status_code == again.status_code == fresh.status_code == 202
+        assert again.json()["execution_id"] == first.json()["execution_id"]
+        assert fresh.json()["execution_id"] != first.json()["execution_id"]
+        assert other.status_code == 409
+        assert other.headers["content-type"].startswith("application/problem+json")
+        for response in (first, fresh):
+            await wait_until(client, token, response.json()["execution_id"], TERMINAL)
+        listed = (await client.get("/api/v1/flows/two/executions", headers=auth(token))).json()
+    assert sorted(e["id"] for e in listed["items"]) == sorted([first.json()["execution_id"],
+                                                               fresh.json()["execution_id"]])  # fmt: skip
+
+
+async def test_bad_execute_requests_are_refused_before_anything_runs(container: ApiContainer) -> None:
+    tenant, token = await make_user(container)
+    await store_flow(container, tenant)
+    async with serve(container) as client:
+        missing = await execute(client, token, {"inputs": {}})
+        assert missing.status_code == 422
+        assert missing.json()["errors"] == [{"field": "inputs.topic", "message": "is required", "source": "body"}]
+        assert (await execute(client, token, {"inputs": {"topic": "x"}, "version": 7})).status_code == 404
+        assert (await execute(client, token, flow_id="nope")).status_code == 404
+        assert (await execute(client, token, {"inputs": {"topic": "x"}, "bogus": 1})).status_code == 422
+        listed = (await client.get("/api/v1/flows/two/executions", headers=auth(token))).json()
+    assert listed["items"] == []
+
+
+async def test_cancelling_a_slow_run_interrupts_it_and_it_ends_cancelled(slow_container: ApiContainer) -> None:
+    tenant, token = await make_user(slow_container)
+    await store_flow(slow_container, tenant)
+    async with serve(slow_container) as client:
+        execution_id = (await execute(client, token)).json()["execution_id"]
+        await wait_until(client, token, execution_id, {"running"}, node="research")
+        cancelled = await client.post(f"/api/v1/executions/{execution_id}/cancel", headers=auth(token))
+        assert cancelled.status_code == 202, cancelled.text
+        done = await wait_until(client, token, execution_id, TERMINAL)
+        again = await client.post(f"/api/v1/executions/{execution_id}/cancel", headers=auth(token))
+        logs = (await client.get(f"/api/v1/executions/{execution_id}/logs", params={"limit": 100},
+                                 headers=auth(token))).json()  # fmt: skip
+    assert done["status"] == "cancelled"
+    nodes = {n["node_id"]: n["status"] for n in done["nodes"]}
+    assert nodes["research"] == "cancelled"
+    assert nodes.get("write", "cancelled") == "cancelled"
+    assert again.status_code == 409
+    assert logs["items"][-1]["kind"] == "run.cancelled"
+
+
+async def test_logs_are_paged_by_seq_without_gaps_or_repeats(container: ApiContainer) -> None:
+    tenant, token = await make_user(container)
+    await store_flow(container, tenant)
+    async with serve(container) as client:
+        execution_id = (await execute(client, token)).json()["execution_id"]
+        done = await wait_until(client, token, execution_id, TERMINAL)
+        seqs: list[int] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            params: dict[str, Any] = {"limit": 3} | ({"cursor": cursor} if cursor else {})
+            page = (await client.get(f"/api/v1/executions/{execution_id}/logs", params=params,
+                                     headers=auth(token))).json()  # fmt: skip
+            assert len(page["items"]) <= 3
+            seqs.extend(e["seq"] for e in page["items"])
+            pages += 1
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        bad = await client.get(f"/api/v1/executions/{execution_id}/logs", params={"cursor": "x"}, headers=auth(token))
+    assert seqs == list(range(1, done["last_seq"] + 1))
+    assert pages > 1
+    assert bad.status_code == 422
+
+
+async def test_another_tenants_execution_is_404_on_every_route_and_4404_on_the_websocket(
+    container: ApiContainer,
+) -> None:
+    tenant_a, token_a = await make_user(container)
+    _, token_b = await make_user(container)
+    await store_flow(container, tenant_a)
+    async with serve(container) as client:
+        execution_id = (await execute(client, token_a)).json()["execution_id"]
+        await wait_until(client, token_a, execution_id, TERMINAL)
+        for target in (execution_id, "no-such-execution"):
+            assert (await client.get(f"/api/v1/executions/{target}", headers=auth(token_b))).status_code == 404
+            assert (await client.post(f"/api/v1/executions/{target}/cancel",
+                                      headers=auth(token_b))).status_code == 404  # fmt: skip
+            assert (await client.get(f"/api/v1/executions/{target}/logs", headers=auth(token_b))).status_code == 404
+        assert (await client.get("/api/v1/flows/two/executions", headers=auth(token_b))).status_code == 404
+        assert (await execute(client, token_b)).status_code == 404
+        base = str(client.base_url).replace("http://", "ws://")
+        for target in (execution_id, "no-such-execution"):
+            async with connect(f"{base}/api/v1/ws/executions/{target}", additional_headers=auth(token_b)) as ws:
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 4404
+        # nothing changed for the owner
+        mine = await client.get(f"/api/v1/executions/{execution_id}", headers=auth(token_a))
+    assert mine.json()["status"] == "completed"
+
+
+async def test_viewers_read_executions_but_cannot_execute_or_cancel(container: ApiContainer) -> None:
+    tenant, admin = await make_user(container)
+    _, viewer = await make_user(container, Role.VIEWER, tenant)
+    await store_flow(container, tenant)
+    async with serve(container) as client:
+        execution_id = (await execute(client, admin)).json()["execution_id"]
+        assert (await execute(client, viewer)).status_code == 403
+        await wait_until(client, viewer, execution_id, TERMINAL)
+        denied = await client.post(f"/api/v1/executions/{execution_id}/cancel", headers=auth(viewer))
+        listed = await client.get("/api/v1/flows/two/executions", headers=auth(viewer))
+    assert denied.status_code == 403
+    assert [e["id"] for e in listed.json()["items"]] == [execution_id]
