@@ -302,3 +302,16 @@ def test_input_required_must_be_a_boolean() -> None:
         "must be a bool" in problems_of({"nodes": [], "inputs": [{"name": "t", "required": "no"}]})["inputs.t.required"]
     )
     assert flow_from_dict({"nodes": [], "inputs": [{"name": "t", "required": False}]}).inputs[0].required is False
+
+
+@pytest.mark.parametrize("bad", [0, -2.5, float("nan"), float("inf")])
+def test_node_and_run_timeouts_must_be_positive_finite(bad: float) -> None:
+    problems = problems_of({"nodes": [node_doc(timeout=bad)], "timeout": bad})
+    assert problems["timeout"] == problems["nodes[0] 'a'.timeout"] == "must be positive (seconds)"
+
+
+@pytest.mark.parametrize("key", ["initial_delay", "multiplier", "max_delay", "jitter"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_retry_numbers_must_be_finite(key: str, bad: float) -> None:
+    # a NaN delay made a retrying node wait forever: NaN <= now is never true
+    assert "finite" in problems_of({"nodes": [node_doc(retry={key: bad})]})["nodes[0] 'a'.retry"]

@@ -429,3 +429,10 @@ def test_the_text_limit_applies_to_definitions_and_descriptions_too() -> None:
         "tool 'saw' description is 40 bytes; the limit is 39",
     ]
     assert validate_flow(flow, FlowLimits(max_text_bytes=40)) == []
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_timeouts_must_be_positive_finite_seconds(bad: float) -> None:
+    flow = make_flow([INPUT, agent("a", timeout=bad)], edges("in>a"), timeout=bad)
+    problems = [p for p in validate_flow(flow) if p.code == "bad_timeout"]
+    assert [p.where for p in problems] == ["flow", "node 'a'"]

@@ -4,6 +4,7 @@ Every problem in a document is reported, each naming where it is (``nodes[2].ret
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -189,7 +190,7 @@ def _node(reader: _Reader, index: int, body: Any) -> Node | None:
         jitter=reader.get(retry_body, "jitter", float, f"{w}.retry", 0.2),
     ))  # fmt: skip
     timeout = reader.get(body, "timeout", float, w)
-    if timeout is not None and timeout <= 0:
+    if timeout is not None and not (0 < timeout < math.inf):  # also refuses YAML's .nan and .inf
         reader.problem(f"{w}.timeout", "must be positive (seconds)")
     position = reader.get(body, "position", (list, dict), w)
     pos: tuple[float, float] | None = None
@@ -284,6 +285,9 @@ def flow_from_dict(data: Any, *, flow_id: str | None = None) -> Flow:
     edges = [e for i, b in enumerate(reader.get(data, "edges", list, "", [])) if (e := _edge(reader, i, b))]
     name = reader.get(data, "name", str, "", "")
     ident = flow_id or reader.get(data, "id", str, "", "") or _slug(name) or "flow"
+    run_timeout = reader.get(data, "timeout", float, "", None)
+    if run_timeout is not None and not (0 < run_timeout < math.inf):
+        reader.problem("timeout", "must be positive (seconds)")
     flow = reader.build("flow", lambda: Flow(
         id=ident,
         name=name if "name" in data and data["name"] is not None else ident,
@@ -296,7 +300,7 @@ def flow_from_dict(data: Any, *, flow_id: str | None = None) -> Flow:
         crews=crews,
         tools=tools,
         max_parallel=reader.get(data, "max_parallel", int, "", 8),
-        timeout=reader.get(data, "timeout", float, "", None),
+        timeout=run_timeout,
     ))  # fmt: skip
     if reader.problems or flow is None:
         raise FlowFormatError(reader.problems)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class RetryPolicy:
     jitter: float = 0.2
 
     def __post_init__(self) -> None:
+        if not all(map(math.isfinite, (self.initial_delay, self.multiplier, self.max_delay, self.jitter))):
+            raise ValueError("retry delays, multiplier and jitter must be finite numbers")  # NaN would never wake
         if not 1 <= self.max_attempts <= 100:
             raise ValueError("retry.max_attempts must be between 1 and 100")
         if self.initial_delay < 0 or self.max_delay < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Collection
@@ -75,6 +76,12 @@ class _Validator:
             self.add("too_many_edges", f"{len(flow.edges)} edges; the limit is {self.limits.max_edges}")
         if not 1 <= flow.max_parallel <= 256:
             self.add("max_parallel", "max_parallel must be between 1 and 256")
+        if flow.timeout is not None and not 0 < flow.timeout < math.inf:
+            self.add("bad_timeout", f"timeout must be a positive number of seconds, not {flow.timeout}")
+        for node in flow.nodes:
+            if node.timeout is not None and not 0 < node.timeout < math.inf:
+                self.add("bad_timeout", f"timeout must be a positive number of seconds, not {node.timeout}",
+                         node=node.id)  # fmt: skip
         ids = [n.id for n in flow.nodes]
         for node_id, count in Counter(ids).items():
             if count > 1:
