@@ -87,7 +87,7 @@ class AuthController(Controller):
     path = "/auth"
     tags = ["auth"]
 
-    @post("/register", opt={"public": True}, security=[])
+    @post("/register", opt={"public": True}, security=[{}])
     async def register(self, request: Request[Any, Any, Any], data: JSONBody[RegisterIn]) -> RegisteredOut:
         """Create a tenant and its first admin (public). Log in afterwards to get a session."""
         cmd = use_cases.RegisterTenant(data.tenant_name, data.slug, data.email, data.password)
@@ -96,7 +96,7 @@ class AuthController(Controller):
         return RegisteredOut(TenantOut(tenant.id, tenant.slug, tenant.name),
                              UserOut(admin.id, admin.email, admin.role, admin.is_active))  # fmt: skip
 
-    @post("/login", opt={"public": True}, security=[], status_code=200)
+    @post("/login", opt={"public": True}, security=[{}], status_code=200)
     async def login(self, request: Request[Any, Any, Any], data: JSONBody[LoginIn]) -> Response[TokenOut]:
         """Check the credentials; set the session cookie and return the same token for API clients."""
         result = await use_cases.login(use_cases.LoginAttempt(data.email, data.password),
