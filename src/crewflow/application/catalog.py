@@ -16,19 +16,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from crewflow.domain.agents import ToolRef
+from crewflow.domain.agents import Crew, ToolRef
 from crewflow.domain.codec import flow_from_dict, flow_to_dict
 from crewflow.domain.errors import FlowInvalid, NotFound, Problem
 from crewflow.domain.execution import FlowRecord, ToolRecord
 from crewflow.domain.flow import Flow, FlowLimits, NodeKind
 from crewflow.domain.logs import Page
-from crewflow.domain.validation import NODE_ID, Catalog, validate_flow
+from crewflow.domain.validation import BUILTIN_PROVIDERS, NODE_ID, Catalog, validate_flow
 from crewflow.ports.uow import UnitOfWork
 
 __all__ = [
     "MAX_FLOW_NAME",
     "RESERVED_FLOW_IDS",
     "FlowCheck",
+    "check_crew",
     "check_flow",
     "create_flow",
     "load_catalog",
@@ -98,6 +99,34 @@ async def check_flow(uow: UnitOfWork, document: Any, *, limits: FlowLimits | Non
     catalog = catalog if catalog is not None else await load_catalog(uow)
     problems = _identity_problems(flow) + validate_flow(flow, limits, catalog)
     return FlowCheck(flow, tuple(problems))
+
+
+async def check_crew(uow: UnitOfWork, crew: Crew) -> list[Problem]:
+    """What is wrong with a crew about to be saved: members that are not saved agents, tasks assigned to
+    someone outside the crew, context from a task that is not an earlier one, an unknown manager provider."""
+    problems: list[Problem] = []
+    for index, member in enumerate(crew.agents):
+        if await _find(uow.agents.get, member) is None:
+            problems.append(Problem("unknown_agent", f"'{member}' is not a saved agent", f"agents[{index}]"))
+    if len(set(crew.agents)) != len(crew.agents):
+        problems.append(Problem("duplicate_agent", "an agent is listed more than once", "agents"))
+    earlier: set[str] = set()
+    for index, task in enumerate(crew.tasks):
+        where = f"tasks[{index}]"
+        if task.name in earlier:
+            problems.append(Problem("duplicate_task", f"task name '{task.name}' is used twice", f"{where}.name"))
+        if task.agent is not None and task.agent not in crew.agents:
+            problems.append(Problem("unknown_agent", f"'{task.agent}' is not in the crew", f"{where}.agent"))
+        for ctx in task.context:
+            if ctx not in earlier:
+                problems.append(Problem("bad_context", f"'{ctx}' is not an earlier task", f"{where}.context"))
+        earlier.add(task.name)
+    manager = crew.manager_provider
+    if manager is not None and manager not in BUILTIN_PROVIDERS:
+        provider = await _find(uow.providers.get_by_name, manager)
+        if provider is None or not provider.is_active:
+            problems.append(Problem("unknown_provider", f"'{manager}' is not a provider", "manager_provider"))
+    return problems
 
 
 def _valid(check: FlowCheck) -> Flow:

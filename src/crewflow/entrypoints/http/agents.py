@@ -9,11 +9,12 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import Parameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 
 from crewflow.domain.agents import Agent
 from crewflow.domain.auth import Identity
 from crewflow.domain.tenancy import Permission
+from crewflow.entrypoints.http.inputs import refused_as_invalid, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
@@ -23,6 +24,7 @@ ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=32_768)]
 LongText = Annotated[str, msgspec.Meta(max_length=32_768)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+AgentId = Annotated[str, PathParameter(max_length=128)]
 
 
 class AgentIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -80,43 +82,49 @@ class AgentController(Controller):
     tags = ["agents"]
 
     @get("/", guards=[require(Permission.AGENTS_READ)])
-    async def list_agents(self, request: Request[Identity, Any, Any], cursor: str | None = None,
-                          limit: Annotated[int, Parameter(ge=1, le=MAX_LIMIT)] = 20) -> PageOut[AgentOut]:  # fmt: skip
+    async def list_agents(self, request: Request[Identity, Any, Any],
+                          cursor: Annotated[str | None, QueryParameter(max_length=1024)] = None,
+                          limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 20,
+                          ) -> PageOut[AgentOut]:  # fmt: skip
         async with request.app.state.container.uow_factory.for_tenant(request.user.tenant_id) as uow:
-            return page_out(await uow.agents.list(cursor, limit), AgentOut.of)
+            return page_out(await valid_cursor(uow.agents.list(cursor, limit)), AgentOut.of)
 
     @post("/", guards=[require(Permission.AGENTS_WRITE)])
-    async def create_agent(self, request: Request[Identity, Any, Any], data: AgentIn) -> AgentOut:
+    async def create_agent(self, request: Request[Identity, Any, Any], data: JSONBody[AgentIn]) -> AgentOut:
         container = request.app.state.container
         agent_id = data.id or f"{_slug(data.role)}-{container.ids.new_id()[:6]}"
-        agent = Agent(id=agent_id, role=data.role, goal=data.goal, backstory=data.backstory, provider=data.provider,
-                      model=data.model, tools=tuple(data.tools), allow_delegation=data.allow_delegation,
-                      max_iter=data.max_iter, temperature=data.temperature, cache=data.cache)  # fmt: skip
+        with refused_as_invalid():  # e.g. a role of blanks only
+            agent = Agent(id=agent_id, role=data.role, goal=data.goal, backstory=data.backstory,
+                          provider=data.provider, model=data.model, tools=tuple(data.tools),
+                          allow_delegation=data.allow_delegation, max_iter=data.max_iter,
+                          temperature=data.temperature, cache=data.cache)  # fmt: skip
         async with container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             await uow.agents.add(agent, at=container.clock.now())
             await uow.commit()
         return AgentOut.of(agent)
 
     @get("/{agent_id:str}", guards=[require(Permission.AGENTS_READ)])
-    async def get_agent(self, request: Request[Identity, Any, Any], agent_id: str) -> AgentOut:
+    async def get_agent(self, request: Request[Identity, Any, Any], agent_id: AgentId) -> AgentOut:
         async with request.app.state.container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             return AgentOut.of(await uow.agents.get(agent_id))
 
     @patch("/{agent_id:str}", guards=[require(Permission.AGENTS_WRITE)])
-    async def update_agent(self, request: Request[Identity, Any, Any], agent_id: str, data: AgentPatch) -> AgentOut:
+    async def update_agent(self, request: Request[Identity, Any, Any], agent_id: AgentId,
+                           data: JSONBody[AgentPatch]) -> AgentOut:  # fmt: skip
         container = request.app.state.container
         async with container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             current = await uow.agents.get(agent_id)
             changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
             if "tools" in changes:
                 changes["tools"] = tuple(changes["tools"])
-            updated = dataclasses.replace(current, **changes)  # the domain re-validates in __post_init__
+            with refused_as_invalid():
+                updated = dataclasses.replace(current, **changes)  # the domain re-validates in __post_init__
             await uow.agents.update(updated, at=container.clock.now())
             await uow.commit()
         return AgentOut.of(updated)
 
     @delete("/{agent_id:str}", guards=[require(Permission.AGENTS_WRITE)])
-    async def delete_agent(self, request: Request[Identity, Any, Any], agent_id: str) -> None:
+    async def delete_agent(self, request: Request[Identity, Any, Any], agent_id: AgentId) -> None:
         async with request.app.state.container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             await uow.agents.delete(agent_id)
             await uow.commit()

@@ -16,10 +16,14 @@ from crewflow import __version__
 from crewflow.entrypoints.http.agents import AgentController
 from crewflow.entrypoints.http.audit_routes import AuditController
 from crewflow.entrypoints.http.auth_routes import AuthController
+from crewflow.entrypoints.http.crews import CrewController
 from crewflow.entrypoints.http.executions import ExecutionController, FlowExecutionController
+from crewflow.entrypoints.http.flows import FlowController
 from crewflow.entrypoints.http.limits import RateLimitMiddleware, RequestContextMiddleware, security_headers
 from crewflow.entrypoints.http.problems import problem_details_plugin, unexpected_error_handler
+from crewflow.entrypoints.http.providers import ProviderController
 from crewflow.entrypoints.http.security import TokenAuthMiddleware
+from crewflow.entrypoints.http.tools import ToolController
 from crewflow.entrypoints.http.users import UserController
 from crewflow.entrypoints.http.ws import execution_events
 
@@ -45,6 +49,8 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
     start-up (each server worker process builds its own) and closes it at shutdown."""
     api = Router(path=API_PREFIX, route_handlers=[AgentController, AuthController, UserController, AuditController,
                                                      *(route_handlers or [])])  # fmt: skip
+    for resource in (CrewController, FlowController, ProviderController, ToolController):
+        api.register(resource)
     api.register(FlowExecutionController)
     api.register(ExecutionController)
     api.register(execution_events)
