@@ -190,3 +190,8 @@ def test_node_references_lists_nodes_read_by_attribute_and_by_key() -> None:
 
 def test_node_references_ignores_inputs_and_constants() -> None:
     assert compile_expression("inputs.nodes == 'nodes' and true").node_references() == set()
+
+
+def test_input_references_lists_inputs_read_by_attribute_and_by_key() -> None:
+    expression = compile_expression("inputs.topic == 'x' or inputs['limit'] > 2 or nodes.inputs.output")
+    assert expression.input_references() == {"topic", "limit"}

@@ -436,3 +436,14 @@ def test_timeouts_must_be_positive_finite_seconds(bad: float) -> None:
     flow = make_flow([INPUT, agent("a", timeout=bad)], edges("in>a"), timeout=bad)
     problems = [p for p in validate_flow(flow) if p.code == "bad_timeout"]
     assert [p.where for p in problems] == ["flow", "node 'a'"]
+
+
+def test_a_router_expression_reading_an_undeclared_input_is_reported() -> None:
+    flow = make_flow(
+        [INPUT, router("r", {"inputs.topic == 'a'": "a", "inputs['mode'] == 'b'": "a"}, "a"), agent("a")],
+        edges("in>r", "r>a"),
+        inputs=(InputSpec("topic"),),
+    )
+    problem = only(validate_flow(flow), "unknown_input")
+    assert problem.where == "node 'r'"
+    assert problem.message.startswith("routes[1].when reads input 'mode'")

@@ -142,6 +142,23 @@ class Expression:
                 found.add(sub.slice.value)
         return found
 
+    def input_references(self) -> set[str]:
+        """Names of run inputs this expression reads (``inputs.x`` or ``inputs['x']``)."""
+        found: set[str] = set()
+        for sub in ast.walk(self.tree):
+            path = _path(sub) if isinstance(sub, ast.Attribute) else None
+            if path and path[0] == "inputs" and len(path) >= 2:
+                found.add(path[1])
+            if (
+                isinstance(sub, ast.Subscript)
+                and isinstance(sub.value, ast.Name)
+                and sub.value.id == "inputs"
+                and isinstance(sub.slice, ast.Constant)
+                and isinstance(sub.slice.value, str)
+            ):
+                found.add(sub.slice.value)
+        return found
+
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         try:
             return _Evaluator(context).visit(self.tree.body)

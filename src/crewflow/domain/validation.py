@@ -253,6 +253,8 @@ class _Validator:
                 continue
             for ref_node in sorted(expression.node_references()):
                 self._reference(node, f"routes[{index}].when", "nodes", ref_node, (ref_node,), ancestors, known)
+            for name in sorted(expression.input_references()):
+                self._reference(node, f"routes[{index}].when", "inputs", None, (name,), ancestors, known)
 
     def _reachability(self, graph: Graph) -> None:
         inputs = [n.id for n in self.flow.nodes if n.kind == NodeKind.INPUT]
