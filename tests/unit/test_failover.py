@@ -183,6 +183,14 @@ def test_invalid_policies_are_refused() -> None:
         FailoverPolicy(jitter=2)
     with pytest.raises(ValueError, match="retry_after_floor"):
         FailoverPolicy(retry_after_floor=5, retry_after_cap=1)
+    with pytest.raises(ValueError, match="finite"):
+        FailoverPolicy(max_delay=float("nan"))
+    with pytest.raises(ValueError, match="finite"):
+        CircuitBreaker(cool_down=float("inf"), max_cool_down=float("inf"))
+    with pytest.raises(ValueError, match="finite"):
+        Budget(float("nan"))
+    with pytest.raises(ValueError, match="finite"):
+        Price(input_per_1k=-1)
 
 
 # -------------------------------------------------------------------------------- circuit breaker

@@ -284,8 +284,14 @@ class FailoverPolicy:
     retry_timeouts: bool = False
 
     def __post_init__(self) -> None:
+        numbers = (self.base_delay, self.multiplier, self.max_delay, self.jitter, self.retry_after_floor,
+                   self.retry_after_cap, self.max_retry_wait)  # fmt: skip
+        if not all(math.isfinite(n) for n in numbers):
+            raise ValueError("failover policy numbers must be finite")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if self.max_retry_wait < 0:
+            raise ValueError("max_retry_wait must be non-negative")
         if self.attempts_per_provider < 1:
             raise ValueError("attempts_per_provider must be at least 1")
         if self.base_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
@@ -365,6 +371,8 @@ class CircuitBreaker:
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
             raise ValueError("failure_threshold must be at least 1")
+        if not all(math.isfinite(n) for n in (self.cool_down, self.max_cool_down, self.unhealthy_cool_down)):
+            raise ValueError("cool-downs must be finite")
         if self.cool_down <= 0 or self.max_cool_down < self.cool_down:
             raise ValueError("cool_down must be positive and at most max_cool_down")
 
@@ -442,6 +450,11 @@ class Price:
     input_per_1k: float = 0.0
     output_per_1k: float = 0.0
 
+    def __post_init__(self) -> None:
+        for value in (self.input_per_1k, self.output_per_1k):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError("prices must be finite, non-negative numbers")
+
     def cost(self, input_tokens: int, output_tokens: int) -> float:
         return (input_tokens * self.input_per_1k + output_tokens * self.output_per_1k) / 1000.0
 
@@ -458,8 +471,8 @@ class Budget:
     limit: float
 
     def __post_init__(self) -> None:
-        if self.limit < 0:
-            raise ValueError("budget limit must be non-negative")
+        if not math.isfinite(self.limit) or self.limit < 0:
+            raise ValueError("budget limit must be a finite, non-negative number")
 
 
 class BudgetExceeded(DomainError):
