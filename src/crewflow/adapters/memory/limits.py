@@ -31,26 +31,37 @@ class MemoryTokenRevocations:
 
 class MemoryRateLimiter:
     """Fixed windows per key. Windows are aligned to the clock, so a burst at a boundary can reach twice the
-    limit over a short span — the usual trade-off, accepted for its O(1) cost per request."""
+    limit over a short span — the usual trade-off, accepted for its O(1) cost per request.
+
+    At ``max_keys`` keys, only windows that have ended are forgotten; if every window is still running,
+    the ones ending soonest go. Live counters are never reset wholesale (a flood of new keys, e.g. guessed
+    e-mail addresses, must not wipe the brute-force counters of other keys)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> None:
         self._clock = clock
-        self._windows: dict[str, tuple[float, int]] = {}
+        self._windows: dict[str, tuple[float, int]] = {}  # key -> (end of its current window, count)
         self._max_keys = max_keys
 
     async def hit(self, key: str, limit: int, window: float) -> RateDecision:
         now = self._clock()
-        start = now - (now % window)
-        current_start, count = self._windows.get(key, (start, 0))
-        if current_start != start:
+        end = now - (now % window) + window
+        current_end, count = self._windows.get(key, (end, 0))
+        if current_end != end:
             count = 0
         count += 1
-        if len(self._windows) >= self._max_keys and key not in self._windows:
-            self._windows = {k: v for k, v in self._windows.items() if v[0] == start}
-        self._windows[key] = (start, count)
+        if key not in self._windows and len(self._windows) >= self._max_keys:
+            self._evict(now)
+        self._windows[key] = (end, count)
         if count > limit:
-            return RateDecision(False, 0, start + window - now)
+            return RateDecision(False, 0, end - now)
         return RateDecision(True, limit - count)
+
+    def _evict(self, now: float) -> None:
+        live = {k: v for k, v in self._windows.items() if v[0] > now}
+        if len(live) >= self._max_keys:
+            keep = sorted(live.items(), key=lambda item: item[1][0])[len(live) - self._max_keys // 2:]
+            live = dict(keep)
+        self._windows = live
 
 
 @dataclass(frozen=True, slots=True)
