@@ -118,6 +118,21 @@ def _decode(raw: bytes) -> ChatResponse | None:
         return None  # an entry from another version: treat as a miss
 
 
+class _TokenCounter:
+    """Forwards streamed tokens and counts them per attempt, so a failed attempt's record says how many
+    tokens its consumer already saw (and should discard) before the call failed over."""
+
+    __slots__ = ("count", "sink")
+
+    def __init__(self, sink: TokenCallback) -> None:
+        self.sink = sink
+        self.count = 0
+
+    def __call__(self, token: str) -> None:
+        self.count += 1
+        self.sink(token)
+
+
 class Gateway:
     """Implements ``crewflow.ports.llm.LLMGateway``.
 
@@ -261,6 +276,8 @@ class Gateway:
         attempt_no = 0
         reason = ""
         index = 0
+        counter = _TokenCounter(on_token) if on_token is not None and request.stream else None
+        token_sink = counter if counter is not None else on_token
         while index < len(entries):
             entry = entries[index]
             breaker = self.breaker(tenant, entry.name)
@@ -273,9 +290,11 @@ class Gateway:
                 provider_attempt += 1
                 attempt_no += 1
                 model = request.model or entry.config.model
+                if counter is not None:
+                    counter.count = 0
                 started = time.perf_counter()
                 try:
-                    response = await entry.provider.complete(request, on_token)
+                    response = await entry.provider.complete(request, token_sink)
                 except ProviderError as exc:
                     latency_ms = (time.perf_counter() - started) * 1000.0
                     self._on_failure(entry.name, breaker, exc)
@@ -286,6 +305,7 @@ class Gateway:
                         outcome=exc.kind.value,
                         error=redact(str(exc), (entry.config.api_key,)),
                         status=exc.status,
+                        streamed_tokens=counter.count if counter is not None else 0,
                     )
                     attempts.append(record)
                     self._report(record, on_attempt)
@@ -325,7 +345,8 @@ class Gateway:
                     raise
                 latency_ms = (time.perf_counter() - started) * 1000.0
                 breaker.record_success()
-                return self._success(entry, model, response, latency_ms, attempts, on_attempt)
+                streamed = counter.count if counter is not None else 0
+                return self._success(entry, model, response, latency_ms, attempts, on_attempt, streamed)
             index += 1
         if not attempts:
             reason = "every provider's circuit is open"
@@ -354,6 +375,7 @@ class Gateway:
         latency_ms: float,
         attempts: list[AttemptRecord],
         on_attempt: AttemptCallback | None,
+        streamed: int,
     ) -> ChatResponse:
         usage = response.usage
         cost = entry.config.price.cost(usage.input_tokens, usage.output_tokens)
@@ -365,6 +387,7 @@ class Gateway:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cost=cost,
+            streamed_tokens=streamed,
         )
         attempts.append(record)
         as_dict = record.to_dict()

@@ -192,6 +192,7 @@ class AttemptRecord:
     cost: float = 0.0
     error: str | None = None
     status: int | None = None
+    streamed_tokens: int = 0  # tokens already streamed to the caller by this attempt (a failed one: discard them)
 
     @property
     def ok(self) -> bool:
@@ -208,6 +209,7 @@ class AttemptRecord:
             "outcome": self.outcome,
             "error": self.error,
             "status": self.status,
+            "streamed_tokens": self.streamed_tokens,
         }
 
 
