@@ -132,6 +132,7 @@ class PostgresProvisioner:
         ddl: TenantDDL | None = None,
         spare_pool_size: int = 0,
         refill_interval: float = 5.0,
+        auto_refill: bool = True,
         owns_engine: bool = False,
     ) -> None:
         if spare_pool_size < 0:
@@ -140,6 +141,7 @@ class PostgresProvisioner:
         self.ddl = ddl or render_tenant_ddl()
         self.spare_pool_size = spare_pool_size
         self.refill_interval = refill_interval
+        self.auto_refill = auto_refill
         self._owns_engine = owns_engine
         self._refill_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -183,10 +185,10 @@ class PostgresProvisioner:
                 raise Conflict(f"tenant schema {schema} already exists") from None
             except asyncpg.UniqueViolationError as exc:
                 raise Conflict(f"tenant {tenant.id!r} or slug {tenant.slug!r} already exists") from exc
-        if self.spare_pool_size:
+        if self.spare_pool_size and self.auto_refill:
             self.start()  # the first registration starts the background refill (no-op when it runs)
-            if from_spare:
-                self._wake.set()
+        if from_spare:
+            self._wake.set()
         log.info("tenant.provisioned", tenant_id=tenant.id, schema=schema, from_spare=from_spare)
         return Provisioned(tenant, schema, from_spare)
 
@@ -255,11 +257,11 @@ class PostgresProvisioner:
 
     async def _refill_loop(self) -> None:
         while True:
+            self._wake.clear()  # before filling: a take during the fill wakes the next round at once
             try:
                 await self.fill_spares()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("tenant.spare_pool.refill_failed", error=str(exc))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.refill_interval)
 
