@@ -17,6 +17,7 @@ import pytest
 from httpx import Response
 from litestar.testing import AsyncTestClient
 
+from crewflow.adapters.memory import MemoryRateLimiter
 from crewflow.bootstrap import ApiContainer, build_api_container
 from crewflow.entrypoints.http import create_app
 from crewflow.ports.auth import PasswordHasher
@@ -33,6 +34,8 @@ PROBLEM = "application/problem+json"
 async def container(tmp_path: Path) -> AsyncIterator[ApiContainer]:
     built = await build_api_container(Settings(data_dir=str(tmp_path), extra={"CREWFLOW_JWT_SECRET": SECRET}),
                                       bcrypt_rounds=4)  # fmt: skip
+    # the limiter's windows are aligned to its clock: a frozen one keeps each test inside one window
+    built.limiter = MemoryRateLimiter(clock=lambda: 1_000.0)
     yield built
     await built.aclose()
 
@@ -350,3 +353,24 @@ async def test_errors_are_problem_details(client: AsyncTestClient[Any]) -> None:
     assert_problem(await client.post("/api/v1/users", headers=bearer(admin), json={"email": "x"}), 422)
     assert (await register(client, slug="dup")).status_code == 201
     assert_problem(await register(client, slug="dup"), 409)
+
+
+async def test_a_tenant_gets_1000_requests_per_minute_across_its_users(client: AsyncTestClient[Any]) -> None:
+    _, admin = await admin_token(client)
+    tokens = [admin]
+    for i in range(10):
+        email = f"m{i}-{uuid.uuid4().hex[:6]}@example.com"
+        invited = await client.post("/api/v1/users", headers=bearer(admin),
+                                    json={"email": email, "role": "member", "password": PASSWORD})  # fmt: skip
+        assert invited.status_code == 201
+        tokens.append((await login(client, email)).json()["access_token"])
+    used = 11  # the admin's ten invitations and the /me below
+    assert (await client.get("/api/v1/auth/me", headers=bearer(admin))).status_code == 200
+    for token in tokens[1:]:  # each member stays under its own 100/min
+        for _ in range(min(99, 1000 - used)):
+            assert (await client.get("/api/v1/auth/me", headers=bearer(token))).status_code == 200
+            used += 1
+    assert used == 1000
+    limited = await client.get("/api/v1/auth/me", headers=bearer(tokens[-1]))  # its 99th request this minute
+    assert_problem(limited, 429)
+    assert "retry-after" in limited.headers
