@@ -49,7 +49,7 @@ AGENT: dict[str, Any] = {"id": "writer", "role": "Writer", "goal": "Write"}
 
 
 async def test_agents_crud_is_scoped_to_the_callers_tenant(container: ApiContainer) -> None:
-    tenant_a, admin_a = await make_user(container, Role.ADMIN)
+    _, admin_a = await make_user(container, Role.ADMIN)
     _, admin_b = await make_user(container, Role.ADMIN)
     async with AsyncTestClient(create_app(container)) as client:
         created = await client.post("/api/v1/agents", json=AGENT, headers=auth(admin_a))
