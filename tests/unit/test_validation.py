@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from crewflow.domain.agents import Agent, Crew, CrewTask, ToolRef
 from crewflow.domain.errors import FlowInvalid, Problem
-from crewflow.domain.flow import Edge, Flow, FlowLimits, InputSpec, Node, NodeKind, Route
-from crewflow.domain.graph import find_cycles
+from crewflow.domain.flow import Edge, Flow, FlowLimits, InputSpec, Node, NodeKind, RetryPolicy, Route
+from crewflow.domain.graph import Graph, find_cycles
 from crewflow.domain.validation import Catalog, ensure_valid, validate_flow
 
 pytestmark = pytest.mark.unit
@@ -447,3 +447,83 @@ def test_a_router_expression_reading_an_undeclared_input_is_reported() -> None:
     problem = only(validate_flow(flow), "unknown_input")
     assert problem.where == "node 'r'"
     assert problem.message.startswith("routes[1].when reads input 'mode'")
+
+
+# -- the flow model and graph helpers validation relies on ------------------------------------------------
+
+
+def test_graph_build_refuses_a_cycle_and_ignores_unknown_or_repeated_edges() -> None:
+    with pytest.raises(ValueError, match="cycle"):
+        Graph.build(["a", "b"], [("a", "b"), ("b", "a")])
+    graph = Graph.build(["a", "b", "c"], [("a", "b"), ("a", "b"), ("a", "ghost"), ("b", "c")])
+    assert graph.children == {"a": ("b",), "b": ("c",), "c": ()}
+    assert graph.order == ("a", "b", "c")
+    assert graph.ancestors("c") == {"a", "b"}
+    assert graph.descendants_of(["b"]) == {"b", "c"}
+
+
+def test_topological_order_is_deterministic_by_position() -> None:
+    graph = Graph.build(["z", "y", "x", "j"], [("z", "j"), ("y", "j"), ("x", "j")])
+    assert graph.order == ("z", "y", "x", "j")
+    assert [graph.index[n] for n in graph.order] == [0, 1, 2, 3]
+
+
+def test_critical_path_is_the_heaviest_path() -> None:
+    graph = Graph.build(["s", "a", "b", "j"], [("s", "a"), ("s", "b"), ("a", "j"), ("b", "j")])
+    assert graph.critical_path_length({"s": 1.0, "a": 5.0, "b": 2.0, "j": 1.0}) == 7.0
+    assert Graph.build([], []).critical_path_length({}) == 0.0
+
+
+def test_declared_input_defaults_and_missing_required_inputs() -> None:
+    flow = make_flow(
+        [INPUT],
+        [],
+        inputs=(InputSpec("topic", required=True), InputSpec("tone", default="plain"), InputSpec("extra")),
+    )
+    assert flow.resolve_inputs({"topic": "bees", "other": 1}) == {"tone": "plain", "topic": "bees", "other": 1}
+    assert flow.resolve_inputs({"tone": "dry"}) == {"tone": "dry"}
+    assert flow.missing_inputs({}) == ["topic"]
+    assert flow.missing_inputs({"topic": None}) == []
+    assert flow.node("in") is INPUT
+    with pytest.raises(KeyError):
+        flow.node("nope")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": 101}, "max_attempts"),
+        ({"initial_delay": -1.0}, "negative"),
+        ({"max_delay": -1.0}, "negative"),
+        ({"multiplier": 0.5}, "multiplier"),
+        ({"jitter": 1.5}, "jitter"),
+        ({"initial_delay": float("nan")}, "finite"),
+    ],
+)
+def test_retry_policy_refuses_out_of_range_values(kwargs: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"role": " "}, "role"),
+        ({"goal": ""}, "goal"),
+        ({"max_iter": 0}, "max_iter"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+    ],
+)
+def test_agent_definitions_refuse_bad_values(kwargs: dict[str, object], message: str) -> None:
+    fields: dict[str, object] = {"id": "a", "role": "r", "goal": "g", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        Agent(**fields)  # type: ignore[arg-type]
+
+
+def test_crews_need_agents_and_tasks() -> None:
+    with pytest.raises(ValueError, match="agent"):
+        Crew(id="c", agents=(), tasks=(CrewTask("t", "d"),))
+    with pytest.raises(ValueError, match="task"):
+        Crew(id="c", agents=("a",), tasks=())
