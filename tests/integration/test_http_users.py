@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
+from crewflow.adapters.sql.migrate import migrate
 from crewflow.bootstrap import ApiContainer, build_api_container
 from crewflow.entrypoints.http import create_app
 from crewflow.settings import Settings
@@ -22,11 +23,14 @@ pytestmark = pytest.mark.integration
 PASSWORD = "correct horse battery"
 
 
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[AsyncTestClient[Any]]:
-    container: ApiContainer = await build_api_container(
-        Settings(data_dir=str(tmp_path), extra={"CREWFLOW_JWT_SECRET": "x" * 40}), bcrypt_rounds=4
-    )
+@pytest.fixture(params=["sqlite", "postgres"])
+async def client(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[AsyncTestClient[Any]]:
+    database_url = None
+    if request.param == "postgres":
+        database_url = str(request.getfixturevalue("postgres_url"))
+        assert (await migrate(database_url)).ok
+    settings = Settings(data_dir=str(tmp_path), database_url=database_url, extra={"CREWFLOW_JWT_SECRET": "x" * 40})
+    container: ApiContainer = await build_api_container(settings, bcrypt_rounds=4)
     async with AsyncTestClient(create_app(container)) as test_client:
         yield test_client
     await container.aclose()
