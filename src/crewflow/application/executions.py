@@ -318,33 +318,45 @@ async def _replay(store: TenantLogStore, execution_id: str, after_seq: int,
             return
 
 
-async def watch_execution(tenant_id: str, execution_id: str, after_seq: int = 0, *, logstore: LogStore,
-                          bus: EventBus) -> AsyncGenerator[ExecutionEvent, None]:  # fmt: skip
+async def watch_execution(
+    tenant_id: str, execution_id: str, after_seq: int = 0, *, logstore: LogStore, bus: EventBus,
+    quiet: float | None = 2.0,
+) -> AsyncGenerator[ExecutionEvent, None]:
     """Every event of the execution with seq > ``after_seq``, each exactly once and in seq order, ending
     with the run's terminal event.
 
     Subscribes to the bus FIRST (the bus does not buffer), then replays the log store, then follows the live
     feed, dropping what the replay already gave. Events reach the log before the bus (see
-    ``ExecutionRecorder``), so nothing falls between the two. A gap in the live feed is filled from the log;
-    a live feed that ends early (a slow subscriber dropped by the bus) is resumed by subscribing again and
-    replaying from the last event sent. The caller checks the execution belongs to the tenant first."""
+    ``ExecutionRecorder``), so nothing falls between the two. The log is read again (from the last event
+    sent) when the live feed skips a seq, and after ``quiet`` seconds without a live event (a run in another
+    process than this bus reaches, a lost message); a live feed that ends early (a slow subscriber dropped
+    by the bus) is resumed by subscribing again. The caller checks the execution belongs to the tenant."""
     store = logstore.for_tenant(tenant_id)
     last = after_seq
     while True:
         live = bus.subscribe(tenant_id, execution_id)
         try:
-            async for event in _replay(store, execution_id, last):
-                yield event
-                last = event.seq
-                if is_final_event(event):
-                    return
-            async for event in live:
+            catch_up = True
+            while True:
+                if catch_up:
+                    async for event in _replay(store, execution_id, last):
+                        yield event
+                        last = event.seq
+                        if is_final_event(event):
+                            return
+                    catch_up = False
+                try:
+                    event = await asyncio.wait_for(anext(live), quiet)
+                except TimeoutError:
+                    catch_up = True
+                    continue
+                except StopAsyncIteration:
+                    break  # dropped by the bus: subscribe again, then catch up from the log
                 if event.seq <= last:
                     continue
-                if event.seq > last + 1:  # missed live (should not happen): take the gap from the log
-                    async for missed in _replay(store, execution_id, last, until=event.seq):
-                        yield missed
-                        last = missed.seq
+                if event.seq > last + 1:  # the log has it (it is written before the bus) and what was missed
+                    catch_up = True
+                    continue
                 yield event
                 last = event.seq
                 if is_final_event(event):
