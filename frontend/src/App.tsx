@@ -61,8 +61,8 @@ function TopBar() {
     } catch {
       /* the session may already be gone */
     }
-    qc.clear();
     qc.setQueryData(['me'], null);
+    qc.removeQueries({ predicate: (q) => q.queryKey[0] !== 'me' });
     navigate('/login');
   };
   const link = ({ isActive }: { isActive: boolean }) => `px-2 py-1 rounded ${isActive ? 'bg-slate-700 text-white' : 'text-slate-200 hover:text-white'}`;

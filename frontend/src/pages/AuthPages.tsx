@@ -29,6 +29,7 @@ export function LoginPage() {
     try {
       await auth.login(email, password);
       const me = await auth.me();
+      qc.removeQueries({ predicate: (q) => q.queryKey[0] !== 'me' });
       qc.setQueryData(['me'], me);
       navigate('/flows');
     } catch (err) {

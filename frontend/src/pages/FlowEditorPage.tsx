@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useMemo, useRef, useState, type DragEvent } from 'react';
-import { Link, useNavigate, useParams } from 'react-router-dom';
+import { Link, useLocation, useNavigate, useParams } from 'react-router-dom';
 import { useQuery, useQueryClient } from '@tanstack/react-query';
 import {
   Background, Controls, MiniMap, ReactFlow, ReactFlowProvider, applyEdgeChanges, applyNodeChanges, useReactFlow,
@@ -44,17 +44,20 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
   const rf = useReactFlow();
   const wrapper = useRef<HTMLDivElement>(null);
   const [history, setHistory] = useState<History<Snapshot>>(() => createHistory(docToCanvas(initialDoc)));
-  const [savedSnapshot, setSavedSnapshot] = useState<Snapshot>(history.present);
+  // What was last saved, as the document text: measuring or selecting nodes does not make the flow dirty.
+  const [savedJson, setSavedJson] = useState(() => JSON.stringify(canvasToDoc(history.present)));
   const [version, setVersion] = useState(initialVersion);
   const [selNodes, setSelNodes] = useState<Set<string>>(new Set());
   const [selEdges, setSelEdges] = useState<Set<string>>(new Set());
   const [serverProblems, setServerProblems] = useState<FlowProblem[] | null>(null);
   const [error, setError] = useState<unknown>(null);
-  const [notice, setNotice] = useState<string | null>(null);
+  const location = useLocation();
+  const [notice, setNotice] = useState<string | null>(() => (location.state as { notice?: string } | null)?.notice ?? null);
   const [saving, setSaving] = useState(false);
   const [runOpen, setRunOpen] = useState(false);
   const present = history.present;
-  const dirty = present !== savedSnapshot;
+  const currentJson = useMemo(() => JSON.stringify(canvasToDoc(present)), [present]);
+  const dirty = currentJson !== savedJson;
 
   const agentsQ = useQuery({ queryKey: ['agents', 'all'], queryFn: agentsApi.all });
   const crewsQ = useQuery({ queryKey: ['crews', 'all'], queryFn: crewsApi.all, retry: false });
@@ -238,13 +241,13 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
     try {
       const doc = canvasToDoc(present);
       const out = flowId ? await flowsApi.save(flowId, doc, version) : await flowsApi.create(doc);
-      setSavedSnapshot(present);
+      setSavedJson(JSON.stringify(doc));
       setVersion(out.current_version);
       setServerProblems(null);
       setNotice(`Saved as version ${out.current_version}`);
       qc.invalidateQueries({ queryKey: ['flows'] });
       qc.setQueryData(['flow', out.id], out);
-      if (!flowId) navigate(`/flows/${encodeURIComponent(out.id)}`, { replace: true });
+      if (!flowId) navigate(`/flows/${encodeURIComponent(out.id)}`, { replace: true, state: { notice: `Saved as version ${out.current_version}` } });
     } catch (e) {
       if (e instanceof ApiError && e.flowProblems.length) setServerProblems(e.flowProblems);
       if (e instanceof ApiError && e.status === 409) setError(new Error('Someone saved a newer version of this flow meanwhile. Reload it to see their changes (your edits stay here until you leave the page).'));
@@ -312,7 +315,7 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
             nodesDraggable={editable}
             edgesFocusable
             deleteKeyCode={editable ? ['Delete', 'Backspace'] : null}
-            fitView
+            fitView={initialDoc.nodes.length > 0 /* an empty canvas must not re-centre on the first drop */}
             fitViewOptions={{ padding: 0.3, maxZoom: 1.2 }}
             proOptions={{ hideAttribution: true }}
           >

@@ -1,0 +1,204 @@
+// End-to-end test of the canvas in Debian's Chromium (playwright-core; no browser download).
+//   CREWFLOW_URL=http://127.0.0.1:8000 npm run e2e
+// The URL serves the SPA and the API on the same origin (a `crewflow serve` serving frontend/dist, or
+// `vite preview`/`vite` proxying /api to one). Screenshots go to e2e/artifacts/.
+// Flow: register → create an agent → draw input → agent → output → save → run → every node completed →
+// read the output; then a viewer sees no edit or run controls and the API refuses the viewer's edit.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const BASE = (process.env.CREWFLOW_URL ?? '').replace(/\/$/, '');
+if (!BASE) {
+  console.error('set CREWFLOW_URL to the server that serves the canvas, e.g. CREWFLOW_URL=http://127.0.0.1:8000');
+  process.exit(2);
+}
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const here = dirname(fileURLToPath(import.meta.url));
+const ARTIFACTS = join(here, 'artifacts');
+mkdirSync(ARTIFACTS, { recursive: true });
+
+const results = [];
+let currentPage = null;
+async function step(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    results.push({ name, ok: true });
+    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
+  } catch (e) {
+    results.push({ name, ok: false });
+    if (currentPage) await currentPage.screenshot({ path: join(ARTIFACTS, 'failure.png') }).catch(() => {});
+    console.log(`FAIL ${name}: ${e && e.stack ? e.stack : e}`);
+    throw e;
+  }
+}
+
+const browser = await chromium.launch({
+  executablePath: CHROMIUM,
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
+    '--no-first-run', '--disable-quic', '--disable-sync'],
+});
+// chromium.launch() always starts from a fresh, empty profile of its own (a new temporary user data dir).
+const suffix = Date.now().toString(36);
+const admin = { email: `admin-${suffix}@example.com`, password: 'correct horse battery staple' };
+const viewer = { email: `viewer-${suffix}@example.com`, password: 'viewer password 123' };
+let flowUrl = '';
+let exitCode = 0;
+
+try {
+  const context = await browser.newContext({ viewport: { width: 1500, height: 900 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  currentPage = page;
+  page.on('pageerror', (e) => console.log(`  [page error] ${e.message}`));
+
+  await step('register a tenant and land logged in', async () => {
+    await page.goto(`${BASE}/#/register`);
+    await page.fill('input[name=tenant_name]', `E2E team ${suffix}`);
+    await page.fill('input[name=email]', admin.email);
+    await page.fill('input[name=password]', admin.password);
+    await page.click('button:has-text("Register and log in")');
+    await page.waitForSelector('[data-testid=role]:has-text("admin")');
+  });
+
+  await step('create an agent', async () => {
+    await page.click('a:has-text("Agents")');
+    await page.click('button:has-text("New agent")');
+    const form = page.locator('[data-testid=agent-form]');
+    await form.locator('input[name=id]').fill('writer');
+    await form.locator('input[name=role]').fill('Technical writer');
+    await form.locator('input[name=goal]').fill('Explain things clearly');
+    await form.locator('input[name=provider]').fill('scripted');
+    await form.locator('button:has-text("Create agent")').click();
+    await page.waitForSelector('[data-testid=agents-table] td:has-text("writer")');
+  });
+
+  await step('draw input → agent → output on the canvas', async () => {
+    await page.click('a:has-text("Flows")');
+    await page.click('a:has-text("New flow")');
+    const canvas = page.locator('[data-testid=canvas]');
+    await canvas.waitFor();
+    const box = await canvas.boundingBox();
+    const drop = async (kind, x, y) => {
+      await page.locator(`[data-testid=palette-${kind}]`).dragTo(canvas, { targetPosition: { x, y } });
+      await page.waitForSelector(`[data-kind=${kind}]`);
+    };
+    await drop('input', 150, box.height / 2);
+    await drop('agent', 450, box.height / 2);
+    await drop('output', 750, box.height / 2);
+    // An agent node without agent and task is flagged before saving.
+    await page.waitForSelector('[data-testid=node-agent][title*=missing_task]');
+    const connect = async (from, to) => {
+      const src = await page.locator(`[data-testid=node-${from}] .react-flow__handle.source`).boundingBox();
+      const dst = await page.locator(`[data-testid=node-${to}] .react-flow__handle.target`).boundingBox();
+      await page.mouse.move(src.x + src.width / 2, src.y + src.height / 2);
+      await page.mouse.down();
+      await page.mouse.move((src.x + dst.x) / 2, (src.y + dst.y) / 2, { steps: 5 });
+      await page.mouse.move(dst.x + dst.width / 2, dst.y + dst.height / 2, { steps: 5 });
+      await page.mouse.up();
+    };
+    await connect('start', 'agent');
+    await connect('agent', 'result');
+    await page.waitForFunction(() => document.querySelectorAll('.react-flow__edge').length === 2);
+
+    await page.locator('[data-testid=node-agent]').click();
+    const inspector = page.locator('[data-testid=inspector]');
+    await inspector.locator('select[name=agent]').selectOption('writer');
+    await inspector.locator('textarea[name=task]').fill('Write three sentences about {{ inputs.topic }}.');
+    await page.waitForSelector('[data-testid=node-agent][data-problems="0"]');
+    // A template reading an unknown node is flagged on the output node…
+    await page.locator('[data-testid=node-result]').click();
+    await inspector.locator('textarea[name=value]').fill('{{ nodes.nowhere.output }}');
+    await page.waitForSelector('[data-testid=node-result][data-problems="1"]');
+    // …and undo takes the edit back.
+    await page.locator('button:has-text("Undo")').click();
+    await page.waitForSelector('[data-testid=node-result][data-problems="0"]');
+
+    await page.locator('.react-flow__pane').click({ position: { x: 20, y: 20 } });
+    await inspector.locator('input[name=flow-name]').fill(`E2E flow ${suffix}`);
+    await inspector.locator('button:has-text("Add input")').click();
+    const row = inspector.locator('input[placeholder=name]').first();
+    await row.fill('topic');
+    await inspector.locator('input[placeholder=default]').first().fill('tide mills');
+    await page.locator('button:has-text("Auto-layout")').click();
+  });
+
+  await step('save as version 1', async () => {
+    await page.click('[data-testid=save]');
+    await page.waitForSelector('[data-testid=notice]:has-text("Saved as version 1")');
+    flowUrl = page.url();
+    await page.screenshot({ path: join(ARTIFACTS, 'editor.png') });
+  });
+
+  await step('run and watch every node turn completed', async () => {
+    await page.click('[data-testid=run]');
+    await page.waitForSelector('[data-testid=run-dialog]');
+    await page.fill('input[name=input-topic]', 'tide mills');
+    await page.click('[data-testid=start-run]');
+    await page.waitForURL(/#\/executions\//);
+    await page.waitForSelector('[data-testid=run-status][data-status=completed]', { timeout: 60_000 });
+    for (const id of ['start', 'agent', 'result']) {
+      await page.waitForSelector(`[data-testid=node-${id}][data-status=completed]`);
+    }
+    await page.waitForSelector('[data-testid=run-outputs]');
+    await page.screenshot({ path: join(ARTIFACTS, 'live-run.png') });
+  });
+
+  await step('read the output of the agent node', async () => {
+    await page.locator('[data-testid=node-agent]').click();
+    const text = await page.locator('[data-testid=node-output]').innerText();
+    if (!text.trim()) throw new Error('the agent node has no output');
+    console.log(`  output: ${text.trim().slice(0, 100).replace(/\n/g, ' ')}…`);
+    const outputs = await page.locator('[data-testid=node-panel]').innerText();
+    if (!/LLM attempts \(\d+\)/.test(outputs)) throw new Error('no attempts section');
+    await page.screenshot({ path: join(ARTIFACTS, 'node-output.png') });
+  });
+
+  await step('the run is in the executions history', async () => {
+    await page.click('a:has-text("History")');
+    await page.waitForSelector('[data-testid=executions-table] [data-status=completed]');
+  });
+
+  await step('a viewer sees no edit or run controls, and the API refuses an edit', async () => {
+    const status = await page.evaluate(async (v) => {
+      const r = await fetch('/api/v1/users', { method: 'POST', credentials: 'include', headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ email: v.email, role: 'viewer', password: v.password }) });
+      return r.status;
+    }, viewer);
+    if (status !== 201 && status !== 200) throw new Error(`inviting a viewer answered ${status}`);
+    await page.click('button:has-text("Log out")');
+    await page.waitForSelector('input[name=email]');
+    await page.fill('input[name=email]', viewer.email);
+    await page.fill('input[name=password]', viewer.password);
+    await page.click('button:has-text("Log in")');
+    await page.waitForSelector('[data-testid=role]:has-text("viewer")');
+    await page.goto(flowUrl);
+    await page.waitForSelector('[data-testid=node-agent]');
+    for (const sel of ['[data-testid=palette]', '[data-testid=save]', '[data-testid=run]', 'button:has-text("Undo")']) {
+      if (await page.locator(sel).count()) throw new Error(`a viewer sees ${sel}`);
+    }
+    await page.locator('[data-testid=node-agent]').click();
+    if (!(await page.locator('[data-testid=inspector] textarea[name=task]').isDisabled())) throw new Error('the task is editable');
+    await page.screenshot({ path: join(ARTIFACTS, 'viewer.png') });
+    const flowId = decodeURIComponent(flowUrl.split('#/flows/')[1]);
+    const refused = await page.evaluate(async (id) => {
+      const r = await fetch(`/api/v1/flows/${encodeURIComponent(id)}/execute`, { method: 'POST', credentials: 'include', headers: { 'Content-Type': 'application/json' }, body: '{}' });
+      return r.status;
+    }, flowId);
+    if (refused !== 403) throw new Error(`a viewer's execute answered ${refused}, not 403`);
+    await page.click('a:has-text("Agents")');
+    await page.waitForSelector('[data-testid=agents-table] td:has-text("writer")');
+    if (await page.locator('button:has-text("New agent")').count()) throw new Error('a viewer sees New agent');
+  });
+} catch {
+  exitCode = 1;
+} finally {
+  await browser.close();
+}
+const passed = results.filter((r) => r.ok).length;
+console.log(`${passed} passed, ${results.length - passed} failed`);
+process.exit(exitCode);
