@@ -176,8 +176,10 @@ async def test_an_idempotency_key_replayed_with_the_same_body_starts_one_run_and
         for response in (first, fresh):
             await wait_until(client, token, response.json()["execution_id"], TERMINAL)
         listed = (await client.get("/api/v1/flows/two/executions", headers=auth(token))).json()
-    assert sorted(e["id"] for e in listed["items"]) == sorted([first.json()["execution_id"],
-                                                               fresh.json()["execution_id"]])  # fmt: skip
+        audit = (await client.get("/api/v1/audit-logs", headers=auth(token))).json()
+    created = sorted([first.json()["execution_id"], fresh.json()["execution_id"]])
+    assert sorted(e["id"] for e in listed["items"]) == created
+    assert sorted(e["object_id"] for e in audit["items"] if e["action"] == "execution.create") == created
 
 
 async def test_bad_execute_requests_are_refused_before_anything_runs(container: ApiContainer) -> None:
@@ -206,6 +208,9 @@ async def test_cancelling_a_slow_run_interrupts_it_and_it_ends_cancelled(slow_co
         again = await client.post(f"/api/v1/executions/{execution_id}/cancel", headers=auth(token))
         logs = (await client.get(f"/api/v1/executions/{execution_id}/logs", params={"limit": 100},
                                  headers=auth(token))).json()  # fmt: skip
+        audit = (await client.get("/api/v1/audit-logs", headers=auth(token))).json()
+    assert [(e["action"], e["object_id"]) for e in audit["items"] if e["action"] == "execution.cancel"] == [
+        ("execution.cancel", execution_id)]
     assert done["status"] == "cancelled"
     nodes = {n["node_id"]: n["status"] for n in done["nodes"]}
     assert nodes["research"] == "cancelled"

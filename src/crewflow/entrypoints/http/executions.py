@@ -26,6 +26,8 @@ from crewflow.application.executions import (
 from crewflow.domain.auth import Identity
 from crewflow.domain.execution import Execution, NodeRun
 from crewflow.domain.tenancy import Permission
+from crewflow.entrypoints.http.audit_routes import audit_request
+from crewflow.entrypoints.http.limits import request_meta
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
@@ -152,9 +154,12 @@ class FlowExecutionController(Controller):
         data = data or ExecuteIn()
         command = ExecuteFlow(tenant_id=request.user.tenant_id, flow_id=flow_id, version=data.version,
                               inputs=data.inputs, idempotency_key=idempotency_key,
-                              request_id=request.headers.get("x-request-id"))  # fmt: skip
+                              request_id=request_meta(request).request_id)  # fmt: skip
         accepted = await execute_flow(command, uow_factory=container.uow_factory, queue=container.queue,
                                       clock=container.clock, ids=container.ids)  # fmt: skip
+        if not accepted.replayed:
+            await audit_request(request, "execution.create", object_type="execution", object_id=accepted.execution_id,
+                                details={"flow_id": flow_id, "version": data.version})  # fmt: skip
         location = _location(accepted.execution_id)
         return Response(ExecuteOut(accepted.execution_id, location), status_code=HTTP_202_ACCEPTED,
                         headers={"Location": location})  # fmt: skip
@@ -190,6 +195,7 @@ class ExecutionController(Controller):
         container = request.app.state.container
         status = await cancel_execution(request.user.tenant_id, execution_id, uow_factory=container.uow_factory,
                                         queue=container.queue, recorder=container.recorder)  # fmt: skip
+        await audit_request(request, "execution.cancel", object_type="execution", object_id=execution_id)
         return CancelOut(execution_id, str(status))
 
     @get("/logs", guards=[require(Permission.EXECUTIONS_READ)])
