@@ -222,3 +222,26 @@ async def test_writes_and_login_attempts_are_audited_without_secrets(client: Asy
     theirs = (await client.get("/api/v1/audit-logs", headers=bearer(other.admin.token))).json()["items"]
     assert {e["id"] for e in theirs}.isdisjoint({e["id"] for e in entries})
     assert all(e["object_id"] not in {team.viewer.id, team.admin.id} for e in theirs)
+
+
+async def test_hostile_inputs_get_4xx_problem_details_never_500(client: AsyncTestClient[Any]) -> None:
+    team = await make_team(client)
+    admin = bearer(team.admin.token)
+    register = {"tenant_name": "T", "slug": "hostile", "email": "h@example.com", "password": PASSWORD}
+    responses = [
+        await client.post("/api/v1/auth/register", json={**register, "tenant_name": "bad\x00name"}),
+        await client.post("/api/v1/auth/register", json={**register, "email": "nul\x00@example.com"}),
+        await client.post("/api/v1/auth/register", json={**register, "password": "p\x00" * 8}),
+        await client.post("/api/v1/auth/login", json={"email": "nul\x00@example.com", "password": "x"}),
+        await client.post("/api/v1/auth/login", json={"email": team.admin.email, "password": "\x00" * 80}),
+        await client.post("/api/v1/auth/login", content=b"{not json"),
+        await client.patch("/api/v1/users/%00", headers=admin, json={"role": "admin"}),
+        await client.patch(f"/api/v1/users/{'a' * 200}", headers=admin, json={"role": "admin"}),
+        await client.delete("/api/v1/users/%C3%A9t%C3%A9", headers=admin),
+        await client.patch(f"/api/v1/users/{team.viewer.id}", headers=admin, json={"role": "owner"}),
+        await client.get("/api/v1/audit-logs", headers=admin, params={"cursor": "\x00", "limit": 5}),
+        await client.get("/api/v1/audit-logs", headers=admin, params={"limit": 1000}),
+    ]
+    for response in responses:
+        assert 400 <= response.status_code < 500, (response.request.url, response.status_code, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")

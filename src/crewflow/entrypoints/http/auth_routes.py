@@ -19,7 +19,8 @@ __all__ = ["AuthController", "LoginIn", "MeOut", "RegisterIn", "TokenOut", "sess
 
 SESSION_MAX_AGE = 24 * 3600
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,46}[a-z0-9])?$"
-EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]{1,255}$"
+EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,255}$"
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
 Email = Annotated[str, msgspec.Meta(pattern=EMAIL_PATTERN, max_length=320)]
 NewPassword = Annotated[str, msgspec.Meta(min_length=use_cases.MIN_PASSWORD_CHARS, max_length=72)]
 
@@ -31,7 +32,7 @@ def check_new_password(password: str) -> None:
 
 
 class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
-    tenant_name: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    tenant_name: Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_CONTROL_CHARS)]
     slug: Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN)]
     email: Email
     password: NewPassword
@@ -41,7 +42,7 @@ class RegisterIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
-    email: Annotated[str, msgspec.Meta(min_length=1, max_length=320)]
+    email: Email
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 

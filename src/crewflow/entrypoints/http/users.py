@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 
 from crewflow.application import auth as use_cases
 from crewflow.domain.auth import Identity
@@ -20,6 +20,8 @@ from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
 __all__ = ["InviteIn", "UserController", "UserPatch"]
+
+UserId = Annotated[str, PathParameter(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
 class InviteIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -60,7 +62,7 @@ class UserController(Controller):
                                                 request_meta(request)))  # fmt: skip
 
     @patch("/{user_id:str}")
-    async def update_user(self, request: Request[Identity, Any, Any], user_id: FromPath[str],
+    async def update_user(self, request: Request[Identity, Any, Any], user_id: UserId,
                           data: JSONBody[UserPatch]) -> UserOut:  # fmt: skip
         container = request.app.state.container
         cmd = use_cases.ChangeUser(user_id, role=data.role, is_active=data.is_active)
@@ -69,7 +71,7 @@ class UserController(Controller):
         return _out(changed)
 
     @delete("/{user_id:str}")
-    async def delete_user(self, request: Request[Identity, Any, Any], user_id: FromPath[str]) -> None:
+    async def delete_user(self, request: Request[Identity, Any, Any], user_id: UserId) -> None:
         container = request.app.state.container
         await use_cases.delete_user(user_id, request.user, container, request_meta(request))
         container.user_status.forget(user_id)
