@@ -315,3 +315,14 @@ def test_node_and_run_timeouts_must_be_positive_finite(bad: float) -> None:
 def test_retry_numbers_must_be_finite(key: str, bad: float) -> None:
     # a NaN delay made a retrying node wait forever: NaN <= now is never true
     assert "finite" in problems_of({"nodes": [node_doc(retry={key: bad})]})["nodes[0] 'a'.retry"]
+
+
+def test_non_string_keys_are_reported_not_crashed_on() -> None:
+    # regression: sorting {1, "x"} raised TypeError (a traceback in the CLI, a 500 in the API)
+    assert set(problems_of({1: 2, "nodes": [node_doc(**{"2": 3})], "x": 1})) == {"1", "x", "nodes[0].2"}
+    problems = problems_of({"nodes": [{"id": "a", "kind": "agent", 7: "z"}]})
+    assert problems == {"nodes[0].7": "is not a node field"}
+
+
+def test_a_position_of_booleans_is_refused() -> None:
+    assert "nodes[0] 'a'.position" in problems_of({"nodes": [node_doc(position={"x": True, "y": 1})]})

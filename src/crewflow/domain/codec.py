@@ -156,7 +156,7 @@ def _node(reader: _Reader, index: int, body: Any) -> Node | None:
     if not isinstance(body, Mapping):
         reader.problem(w, "must be a mapping")
         return None
-    for key in sorted(set(body) - _NODE_KEYS):
+    for key in sorted(map(str, set(body) - _NODE_KEYS)):  # str: YAML allows keys such as 1 next to "id"
         reader.problem(f"{w}.{key}", "is not a node field")
     ident = reader.get(body, "id", str, w, "", required=True)
     if ident:
@@ -197,7 +197,7 @@ def _node(reader: _Reader, index: int, body: Any) -> Node | None:
     if isinstance(position, dict):
         position = [position.get("x"), position.get("y")]
     if position is not None:
-        if len(position) == 2 and all(isinstance(v, int | float) for v in position):
+        if len(position) == 2 and all(isinstance(v, int | float) and not isinstance(v, bool) for v in position):
             pos = (float(position[0]), float(position[1]))
         else:
             reader.problem(f"{w}.position", "must be [x, y] or {x: .., y: ..}")
@@ -275,8 +275,8 @@ def flow_from_dict(data: Any, *, flow_id: str | None = None) -> Flow:
     reader = _Reader()
     if not isinstance(data, Mapping):
         raise FlowFormatError([Problem("format", "a flow document must be a mapping at the top level")])
-    for key in sorted(set(data) - _FLOW_KEYS):
-        reader.problem(str(key), "is not a flow field")
+    for key in sorted(map(str, set(data) - _FLOW_KEYS)):
+        reader.problem(key, "is not a flow field")
     agents = {i: a for i, b in _entries(reader, data, "agents") if (a := _agent(reader, i, b))}
     crews = {i: c for i, b in _entries(reader, data, "crews") if (c := _crew(reader, i, b))}
     tools = {i: t for i, b in _entries(reader, data, "tools") if (t := _tool(reader, i, b))}
