@@ -27,6 +27,7 @@ from crewflow.ports.uow import UnitOfWorkFactory
 from crewflow.settings import Settings
 
 if TYPE_CHECKING:
+    from crewflow.application.chats import ChatService
     from crewflow.application.executions import ExecutionRecorder
     from crewflow.application.providers import RepositoryProviderRegistry
     from crewflow.ports.provisioning import TenantProvisioner
@@ -121,6 +122,7 @@ class ApiContainer:
     bus: EventBus  # live execution events for WebSocket clients
     recorder: ExecutionRecorder  # where execution events go: checkpoints, replay log, bus
     queue: JobQueue  # runs executions (started with the app, closed first by ``aclose``)
+    chats: ChatService  # chats with agents and crews; replies run in this process
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     user_status: UserStatusCache = field(default_factory=UserStatusCache)  # read by the token middleware
 
@@ -182,6 +184,7 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     from crewflow.adapters.sql.logstore import SqlLogStore
     from crewflow.adapters.sql.migrate import migrate
     from crewflow.adapters.sql.provisioning import open_provisioner
+    from crewflow.application.chats import ChatService
     from crewflow.application.executions import ExecutionRecorder, ExecutionRunner
     from crewflow.application.gateway import Gateway
     from crewflow.application.providers import RepositoryProviderRegistry
@@ -223,7 +226,9 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
         bus=bus,
         recorder=recorder,
         queue=InProcessJobQueue(ExecutionRunner(uow_factory, engine, recorder), concurrency=concurrency),
+        chats=ChatService(uow_factory, logstore, bus, engine.runtime, clock, UuidGenerator()),
     )
     container.closers.extend([database.dispose, provisioner.aclose, container.provider_registry.close])
     container.closers.append(container.queue.close)  # closed first: running jobs still reach the database
+    container.closers.append(container.chats.close)
     return container

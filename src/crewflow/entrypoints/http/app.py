@@ -16,6 +16,7 @@ from crewflow import __version__
 from crewflow.entrypoints.http.agents import AgentController
 from crewflow.entrypoints.http.audit_routes import AuditController
 from crewflow.entrypoints.http.auth_routes import AuthController
+from crewflow.entrypoints.http.chats import ChatController
 from crewflow.entrypoints.http.crews import CrewController
 from crewflow.entrypoints.http.executions import ExecutionController, FlowExecutionController
 from crewflow.entrypoints.http.flows import FlowController
@@ -25,7 +26,7 @@ from crewflow.entrypoints.http.providers import ProviderController
 from crewflow.entrypoints.http.security import TokenAuthMiddleware
 from crewflow.entrypoints.http.tools import ToolController
 from crewflow.entrypoints.http.users import UserController
-from crewflow.entrypoints.http.ws import execution_events
+from crewflow.entrypoints.http.ws import chat_events, execution_events
 
 if TYPE_CHECKING:
     from crewflow.bootstrap import ApiContainer
@@ -54,6 +55,8 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
     api.register(FlowExecutionController)
     api.register(ExecutionController)
     api.register(execution_events)
+    api.register(ChatController)
+    api.register(chat_events)
     state = State({"container": container})
 
     async def on_startup() -> None:

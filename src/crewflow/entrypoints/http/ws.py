@@ -1,4 +1,5 @@
-"""``WS /api/v1/ws/executions/{execution_id}?last_seq=N`` — an execution's events, live.
+"""``WS /api/v1/ws/executions/{execution_id}?last_seq=N`` — an execution's events, live (and
+``WS /api/v1/ws/chats/{chat_id}`` — a chat's live frames, see ``chat_events``; same authentication).
 
 Protocol (server → client): one JSON text message per event, ``{"execution_id", "seq", "kind", "at",
 "node_id", "data"}``, every event with seq > ``last_seq`` exactly once and in seq order (the replay log,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, cast
 from urllib.parse import urlsplit
 
@@ -31,6 +33,7 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import send_websocket_stream
 from litestar.params import PathParameter, QueryParameter
 
+from crewflow.application.chats import chat_bus_key
 from crewflow.application.executions import get_execution, watch_execution
 from crewflow.domain.auth import Identity, Unauthenticated
 from crewflow.domain.errors import NotFound
@@ -41,7 +44,7 @@ from crewflow.entrypoints.http.security import SESSION_COOKIE, TokenAuthMiddlewa
 if TYPE_CHECKING:
     from crewflow.bootstrap import ApiContainer
 
-__all__ = ["CLOSE_FORBIDDEN", "CLOSE_NOT_FOUND", "CLOSE_UNAUTHENTICATED", "execution_events"]
+__all__ = ["CLOSE_FORBIDDEN", "CLOSE_NOT_FOUND", "CLOSE_UNAUTHENTICATED", "chat_events", "execution_events"]
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
@@ -101,6 +104,30 @@ async def _send_event(socket: WebSocket[Any, Any, Any], event: ExecutionEvent) -
     await socket.send_json(event.to_dict())
 
 
+async def _send_json(socket: WebSocket[Any, Any, Any], frame: dict[str, Any]) -> None:
+    await socket.send_json(frame)
+
+
+async def _admit(socket: WebSocket[Any, Any, Any], check: Callable[[Identity], Awaitable[object]]) -> Identity | None:
+    """Accept, authenticate, check the role and that ``check`` finds the object in the caller's tenant
+    (``NotFound`` → 4404). None when the socket was refused (and closed) or went away."""
+    await socket.accept()
+    try:
+        identity = await _authenticate(socket)
+        if not identity.can(Permission.EXECUTIONS_READ):
+            raise _Refused(CLOSE_FORBIDDEN, "your role does not allow this")
+        try:
+            await check(identity)
+        except NotFound as exc:
+            raise _Refused(CLOSE_NOT_FOUND, f"{exc.kind} not found") from None
+    except _Refused as refused:
+        await socket.close(code=refused.code, reason=refused.reason)
+        return None
+    except WebSocketDisconnect:
+        return None
+    return identity
+
+
 @websocket("/ws/executions/{execution_id:str}", opt={"public": True})
 async def execution_events(
     socket: WebSocket[Any, Any, Any],
@@ -109,19 +136,9 @@ async def execution_events(
 ) -> None:
     """Stream an execution's events (replay after ``last_seq``, then live) until its terminal event."""
     container: ApiContainer = socket.app.state.container
-    await socket.accept()
-    try:
-        identity = await _authenticate(socket)
-        if not identity.can(Permission.EXECUTIONS_READ):
-            raise _Refused(CLOSE_FORBIDDEN, "your role does not allow this")
-        try:
-            await get_execution(identity.tenant_id, execution_id, uow_factory=container.uow_factory)
-        except NotFound:
-            raise _Refused(CLOSE_NOT_FOUND, "execution not found") from None
-    except _Refused as refused:
-        await socket.close(code=refused.code, reason=refused.reason)
-        return
-    except WebSocketDisconnect:
+    identity = await _admit(socket, lambda who: get_execution(who.tenant_id, execution_id,
+                                                              uow_factory=container.uow_factory))
+    if identity is None:
         return
     events = watch_execution(identity.tenant_id, execution_id, last_seq, logstore=container.logstore,
                              bus=container.bus)  # fmt: skip
@@ -133,3 +150,37 @@ async def execution_events(
     if socket.connection_state != "disconnect":
         with contextlib.suppress(WebSocketDisconnect):
             await socket.close(code=1000, reason="execution finished")
+
+
+async def _chat_frames(live: AsyncIterator[ExecutionEvent]) -> AsyncGenerator[dict[str, Any], None]:
+    async for event in live:
+        yield {"seq": event.seq, **event.data}
+
+
+@websocket("/ws/chats/{chat_id:str}", opt={"public": True})
+async def chat_events(
+    socket: WebSocket[Any, Any, Any],
+    chat_id: Annotated[str, PathParameter(description="the chat to follow", max_length=128)],
+) -> None:
+    """A chat's live frames (``message``, ``reply.started``, ``reply.token``, ``reply.failed``) until the client
+    leaves. No replay: wait for the first frame, ``{"type": "ready"}`` (subscribed from then on), then read
+    ``GET /chats/{id}/messages`` and drop message ids already seen, then post."""
+    container: ApiContainer = socket.app.state.container
+    identity = await _admit(socket, lambda who: container.chats.get(who.tenant_id, chat_id))
+    if identity is None:
+        return
+    live = container.bus.subscribe(identity.tenant_id, chat_bus_key(chat_id))
+    frames = _chat_frames(live)
+    with contextlib.suppress(WebSocketDisconnect):
+        await socket.send_json({"type": "ready", "chat_id": chat_id})
+    try:
+        await send_websocket_stream(socket, frames, close=False, send_handler=_send_json,
+                                    listen_for_disconnect=True, warn_on_data_discard=False)  # fmt: skip
+    finally:
+        await frames.aclose()
+        closer = getattr(live, "aclose", None)
+        if closer is not None:
+            await closer()
+    if socket.connection_state != "disconnect":  # the bus dropped a subscriber that fell behind
+        with contextlib.suppress(WebSocketDisconnect):
+            await socket.close(code=1013, reason="fell behind; reconnect and reload the history")

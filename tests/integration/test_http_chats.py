@@ -1,0 +1,162 @@
+"""Chats with an agent: open, post, the reply streamed on the chat's WebSocket and stored, history with
+cursor pagination, tenant isolation and roles. A real uvicorn server in the test's event loop; the agent
+runtime is the offline scripted one, streaming its answer word by word."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from crewflow.adapters.runtime import ScriptedRuntime
+from crewflow.bootstrap import ApiContainer, build_api_container
+from crewflow.domain.tenancy import Role, Tenant, User
+from crewflow.entrypoints.http import create_app
+from crewflow.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def container(tmp_path: Path) -> AsyncIterator[ApiContainer]:
+    settings = Settings(data_dir=str(tmp_path), extra={"CREWFLOW_JWT_SECRET": "x" * 40})
+    built = await build_api_container(settings, bcrypt_rounds=4, runtime=ScriptedRuntime(stream=True))
+    yield built
+    await built.aclose()
+
+
+@asynccontextmanager
+async def serve(container: ApiContainer) -> AsyncIterator[httpx.AsyncClient]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(container), log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def make_user(container: ApiContainer, role: Role = Role.ADMIN, tenant_id: str | None = None) -> tuple[str, str]:
+    if tenant_id is None:
+        tenant_id = uuid.uuid4().hex[:12]
+        await container.provisioner.register(Tenant(tenant_id, f"t-{tenant_id}", "T", f"tenant_{tenant_id}",
+                                                    datetime.now(UTC)))  # fmt: skip
+    user = User(uuid.uuid4().hex, tenant_id, f"{uuid.uuid4().hex[:8]}@example.com", role,
+                container.hasher.hash("pw-123456789"))  # fmt: skip
+    async with container.uow_factory.platform() as uow:
+        await uow.users.add(user)
+        await uow.commit()
+    return tenant_id, container.tokens.issue(user.id, tenant_id, role).token
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def ws_base(client: httpx.AsyncClient) -> str:
+    return str(client.base_url).replace("http://", "ws://")
+
+
+async def open_chat(client: httpx.AsyncClient, token: str) -> str:
+    agent = {"id": "helper", "role": "Helper", "goal": "Help", "provider": "scripted"}
+    assert (await client.post("/api/v1/agents", json=agent, headers=auth(token))).status_code == 201
+    chat = await client.post("/api/v1/chats", json={"agent": "helper", "title": "Questions"}, headers=auth(token))
+    assert chat.status_code == 201, chat.text
+    return str(chat.json()["id"])
+
+
+async def frames_until_reply(ws: ClientConnection, reply_id: str) -> list[dict[str, Any]]:
+    frames: list[dict[str, Any]] = []
+    while True:
+        frame = json.loads(await ws.recv())
+        frames.append(frame)
+        if frame["type"] == "message" and frame["message"]["id"] == reply_id:
+            return frames
+
+
+async def test_a_reply_is_streamed_on_the_chat_socket_stored_and_the_history_pages(container: ApiContainer) -> None:
+    _, token = await make_user(container)
+    async with serve(container) as client:
+        chat_id = await open_chat(client, token)
+        async with connect(f"{ws_base(client)}/api/v1/ws/chats/{chat_id}", additional_headers=auth(token)) as ws:
+            assert json.loads(await ws.recv()) == {"type": "ready", "chat_id": chat_id}
+            posted = await client.post(f"/api/v1/chats/{chat_id}/messages", json={"content": "hello there"},
+                                       headers=auth(token))  # fmt: skip
+            assert posted.status_code == 202, posted.text
+            reply_id = posted.json()["reply_id"]
+            first = await frames_until_reply(ws, reply_id)
+            again = await client.post(f"/api/v1/chats/{chat_id}/messages", json={"content": "and then?"},
+                                      headers=auth(token))  # fmt: skip
+            second = await frames_until_reply(ws, again.json()["reply_id"])
+        pages: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+            page = (await client.get(f"/api/v1/chats/{chat_id}/messages", params=params, headers=auth(token))).json()
+            pages.extend(page["items"])
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        chat = (await client.get(f"/api/v1/chats/{chat_id}", headers=auth(token))).json()
+
+    assert [f["type"] for f in first[:2]] == ["message", "reply.started"]
+    assert first[0]["message"]["content"] == "hello there"
+    tokens = [f["text"] for f in first if f["type"] == "reply.token"]
+    answer = first[-1]["message"]
+    assert tokens
+    assert "".join(tokens).strip() == answer["content"]
+    assert answer["role"] == "assistant"
+    assert answer["metadata"]["in_reply_to"] == posted.json()["message"]["id"]
+    assert [f["seq"] for f in first + second] == sorted(f["seq"] for f in first + second)
+    assert "user: hello there" in second[-1]["message"]["content"]  # the history went to the agent
+    assert [(m["role"], m["content"]) for m in pages] == [
+        ("system", "Chat with agent 'helper'"), ("user", "hello there"), ("assistant", answer["content"]),
+        ("user", "and then?"), ("assistant", second[-1]["message"]["content"])]  # fmt: skip
+    assert (chat["agent"], chat["crew"], chat["title"]) == ("helper", None, "Questions")
+
+
+async def test_chats_are_invisible_to_other_tenants_and_viewers_cannot_post(container: ApiContainer) -> None:
+    tenant, token = await make_user(container)
+    _, viewer = await make_user(container, Role.VIEWER, tenant)
+    _, stranger = await make_user(container)
+    async with serve(container) as client:
+        chat_id = await open_chat(client, token)
+        for target in (chat_id, "no-such-chat"):
+            assert (await client.get(f"/api/v1/chats/{target}", headers=auth(stranger))).status_code == 404
+            assert (await client.get(f"/api/v1/chats/{target}/messages", headers=auth(stranger))).status_code == 404
+            posted = await client.post(f"/api/v1/chats/{target}/messages", json={"content": "hi"},
+                                       headers=auth(stranger))  # fmt: skip
+            assert posted.status_code == 404
+            async with connect(f"{ws_base(client)}/api/v1/ws/chats/{target}", additional_headers=auth(stranger)) as ws:
+                with pytest.raises(ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 4404
+        denied = await client.post(f"/api/v1/chats/{chat_id}/messages", json={"content": "hi"}, headers=auth(viewer))
+        assert denied.status_code == 403
+        assert (await client.get(f"/api/v1/chats/{chat_id}/messages", headers=auth(viewer))).status_code == 200
+        unknown = await client.post("/api/v1/chats", json={"agent": "nobody"}, headers=auth(token))
+        both = await client.post("/api/v1/chats", json={"agent": "helper", "crew": "c"}, headers=auth(token))
+        assert unknown.status_code == both.status_code == 422
+        history = (await client.get(f"/api/v1/chats/{chat_id}/messages", headers=auth(token))).json()
+    assert [m["role"] for m in history["items"]] == ["system"]  # nothing was added by the refused requests
