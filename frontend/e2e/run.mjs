@@ -117,6 +117,12 @@ try {
     // …and undo takes the edit back.
     await page.locator('button:has-text("Undo")').click();
     await page.waitForSelector('[data-testid=node-result][data-problems="0"]');
+    // Keyboard delete and undo: remove the agent node (and its two edges), then bring it back.
+    await page.locator('[data-testid=node-agent]').click();
+    await page.keyboard.press('Delete');
+    await page.waitForFunction(() => !document.querySelector('[data-testid=node-agent]') && document.querySelectorAll('.react-flow__edge').length === 0);
+    await page.keyboard.press('Control+z');
+    await page.waitForFunction(() => !!document.querySelector('[data-testid=node-agent]') && document.querySelectorAll('.react-flow__edge').length === 2);
 
     await page.locator('.react-flow__pane').click({ position: { x: 20, y: 20 } });
     await inspector.locator('input[name=flow-name]').fill(`E2E flow ${suffix}`);
@@ -124,6 +130,17 @@ try {
     const row = inspector.locator('input[placeholder=name]').first();
     await row.fill('topic');
     await inspector.locator('input[placeholder=default]').first().fill('tide mills');
+    // A problem only the server finds (a template reading an undeclared input) lands on the node it names.
+    await page.locator('[data-testid=node-result]').click();
+    await inspector.locator('textarea[name=value]').fill('{{ inputs.nope }}');
+    await page.waitForSelector('[data-testid=node-result][data-problems="0"]');
+    await page.locator('button:has-text("Check")').click();
+    await page.waitForSelector('[data-testid=node-result][title*=unknown_input]');
+    await page.screenshot({ path: join(ARTIFACTS, 'server-problem.png') });
+    await page.keyboard.press('Escape');
+    await page.locator('.react-flow__pane').click({ position: { x: 20, y: 20 } });
+    await page.keyboard.press('Control+z');
+    await page.waitForSelector('[data-testid=node-result][data-problems="0"]');
     await page.locator('button:has-text("Auto-layout")').click();
   });
 
@@ -158,10 +175,33 @@ try {
     await page.screenshot({ path: join(ARTIFACTS, 'node-output.png') });
   });
 
+  await step('admin: a provider key is write-only, the failover order is shown', async () => {
+    await page.click('a:has-text("Providers")');
+    for (const [name, key] of [['primary', 'sk-test-1234567890abcd'], ['backup', '']]) {
+      await page.click('button:has-text("New provider")');
+      const form = page.locator('[data-testid=provider-form]');
+      await form.locator('input[name=name]').fill(name);
+      await form.locator('select[name=kind]').selectOption('openai');
+      await form.locator('input[name=model]').fill('gpt-4o-mini');
+      if (key) await form.locator('input[name=api_key]').fill(key);
+      await form.locator('button:has-text("Create provider")').click();
+      await page.waitForSelector(`[data-testid=provider-${name}]`);
+    }
+    const row = await page.locator('[data-testid=provider-primary]').innerText();
+    if (row.includes('sk-test-1234567890abcd')) throw new Error('the provider key is shown');
+    await page.locator('[data-testid=provider-backup]').dragTo(page.locator('[data-testid=provider-primary]'));
+    await page.waitForFunction(() => document.querySelector('[data-testid=providers-table] tbody tr')?.getAttribute('data-testid') === 'provider-backup');
+    const order = await page.evaluate(async () => (await (await fetch('/api/v1/providers', { credentials: 'include' })).json()).items.map((p) => p.name));
+    if (order.join() !== 'backup,primary') throw new Error(`server order is ${order}`);
+    await page.screenshot({ path: join(ARTIFACTS, 'providers.png') });
+    // leave no real provider in the way of the offline agent (its provider is 'scripted' anyway)
+  });
+
   await step('the run is in the executions history', async () => {
-    await page.click('a:has-text("History")');
+    await page.goto(flowUrl.replace(/#\/flows\/(.*)$/, '#/flows/$1/executions'));
     await page.waitForSelector('[data-testid=executions-table] [data-status=completed]');
   });
+
 
   await step('a viewer sees no edit or run controls, and the API refuses an edit', async () => {
     const status = await page.evaluate(async (v) => {

@@ -8,6 +8,9 @@ import { FlowsPage } from './pages/FlowsPage';
 import { FlowEditorPage } from './pages/FlowEditorPage';
 import { ExecutionsPage } from './pages/ExecutionsPage';
 import { ExecutionPage } from './pages/ExecutionPage';
+import { CrewsPage } from './pages/CrewsPage';
+import { ProvidersPage } from './pages/ProvidersPage';
+import { ToolsPage } from './pages/ToolsPage';
 
 export function App() {
   return (
@@ -39,6 +42,9 @@ function Shell() {
           <Route path="/login" element={<Navigate to="/flows" replace />} />
           <Route path="/register" element={<Navigate to="/flows" replace />} />
           <Route path="/agents" element={<AgentsPage />} />
+          <Route path="/crews" element={<CrewsPage />} />
+          <Route path="/providers" element={<ProvidersPage />} />
+          <Route path="/tools" element={<ToolsPage />} />
           <Route path="/flows" element={<FlowsPage />} />
           <Route path="/flows/new" element={<FlowEditorPage />} />
           <Route path="/flows/:flowId" element={<FlowEditorPage />} />
@@ -52,7 +58,7 @@ function Shell() {
 }
 
 function TopBar() {
-  const { me } = useSession();
+  const { me, can } = useSession();
   const qc = useQueryClient();
   const navigate = useNavigate();
   const logout = async () => {
@@ -72,6 +78,9 @@ function TopBar() {
       <nav className="flex gap-1">
         <NavLink to="/flows" className={link}>Flows</NavLink>
         <NavLink to="/agents" className={link}>Agents</NavLink>
+        <NavLink to="/crews" className={link}>Crews</NavLink>
+        {can.admin && <NavLink to="/providers" className={link}>Providers</NavLink>}
+        {can.admin && <NavLink to="/tools" className={link}>Tools</NavLink>}
       </nav>
       <div className="ml-auto flex items-center gap-3">
         <span data-testid="whoami">{me?.user.email} · {me?.tenant.name} · <b data-testid="role">{me?.user.role}</b></span>

@@ -96,3 +96,45 @@ export function permissions(role: Role | undefined) {
   const writer = role === 'admin' || role === 'member';
   return { editAgents: writer, editFlows: writer, execute: writer, admin: role === 'admin' };
 }
+
+export type ProviderKind = 'openai' | 'azure' | 'vllm' | 'lmstudio' | 'ollama' | 'anthropic' | 'scripted';
+export const PROVIDER_KINDS: ProviderKind[] = ['openai', 'azure', 'vllm', 'lmstudio', 'ollama', 'anthropic', 'scripted'];
+export interface Provider {
+  id: string; name: string; kind: ProviderKind; model: string; base_url: string | null; priority: number;
+  price_input_per_1k: number; price_output_per_1k: number; budget: number | null; is_active: boolean;
+  has_key: boolean; api_key: string | null; settings: Record<string, unknown>; created_at: number; updated_at: number;
+}
+export interface ProviderIn {
+  name: string; kind: ProviderKind; model: string; api_key?: string | null; base_url?: string | null; priority?: number;
+  price_input_per_1k?: number; price_output_per_1k?: number; budget?: number | null; is_active?: boolean;
+}
+
+export const providers = {
+  all: () => fetchAllPages(listPage<Provider>('/providers', 100)),
+  create: (body: ProviderIn) => api.post<Provider>('/providers', body),
+  update: (id: string, body: Partial<ProviderIn>) => api.patch<Provider>(`/providers/${enc(id)}`, body),
+  remove: (id: string) => api.del(`/providers/${enc(id)}`),
+  reorder: (order: string[]) => api.put<Provider[]>('/providers/order', { order }),
+};
+
+export interface Tool {
+  id: string; name: string; description: string; dockerfile: string | null; docker_image: string | null;
+  input_schema: Record<string, unknown>; output_schema: Record<string, unknown>; build_status: string;
+  is_active: boolean; version: number; created_at: number; updated_at: number;
+}
+export const tools = {
+  all: () => fetchAllPages(listPage<Tool>('/tools', 100)),
+  create: (body: { name: string; description: string; input_schema: object; output_schema: object; dockerfile?: string | null; docker_image?: string | null }) =>
+    api.post<Tool>('/tools', body),
+  update: (id: string, body: Partial<Pick<Tool, 'description' | 'input_schema' | 'output_schema' | 'dockerfile' | 'docker_image' | 'is_active'>>) =>
+    api.patch<Tool>(`/tools/${enc(id)}`, body),
+  remove: (id: string) => api.del(`/tools/${enc(id)}`),
+};
+
+export type CrewIn = Omit<Crew, 'id'> & { id?: string };
+export const crewsApi = {
+  all: () => fetchAllPages(listPage<Crew>('/crews', 100)),
+  create: (body: CrewIn) => api.post<Crew>('/crews', body),
+  update: (id: string, body: Partial<CrewIn>) => api.patch<Crew>(`/crews/${enc(id)}`, body),
+  remove: (id: string) => api.del(`/crews/${enc(id)}`),
+};

@@ -5,7 +5,7 @@ import {
   Background, Controls, MiniMap, ReactFlow, ReactFlowProvider, applyEdgeChanges, applyNodeChanges, useReactFlow,
   type Connection, type Edge, type EdgeChange, type NodeChange,
 } from '@xyflow/react';
-import { agents as agentsApi, crews as crewsApi, flows as flowsApi, type Agent } from '../api/resources';
+import { agents as agentsApi, crews as crewsApi, flows as flowsApi, tools as toolsApi, type Agent } from '../api/resources';
 import { ApiError, type FlowProblem } from '../api/errors';
 import { useSession } from '../auth';
 import { nodeTypes, type FlowRFNode } from '../components/FlowNode';
@@ -61,10 +61,13 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
 
   const agentsQ = useQuery({ queryKey: ['agents', 'all'], queryFn: agentsApi.all });
   const crewsQ = useQuery({ queryKey: ['crews', 'all'], queryFn: crewsApi.all, retry: false });
+  // Tools are readable by admins only: for others the tool reference is left to the server to check.
+  const toolsQ = useQuery({ queryKey: ['tools'], queryFn: toolsApi.all, enabled: can.admin, retry: false });
   const catalog: Catalog = useMemo(() => ({
     agents: agentsQ.data?.map((a) => a.id),
     crews: crewsQ.data?.map((c) => c.id),
-  }), [agentsQ.data, crewsQ.data]);
+    tools: toolsQ.data?.filter((t) => t.is_active).map((t) => t.id),
+  }), [agentsQ.data, crewsQ.data, toolsQ.data]);
 
   const clientProblems = useMemo(() => validateCanvas(present, catalog), [present, catalog]);
   const allProblems = useMemo(() => [...clientProblems, ...(serverProblems ?? [])], [clientProblems, serverProblems]);
@@ -213,11 +216,32 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
     setSelEdges(new Set());
   }, [present, selNodes, selEdges, commit, editable]);
 
+  // Keyboard deletion: one undo step for the nodes and every edge that goes with them (React Flow would
+  // report them as two separate changes).
+  const onBeforeDelete = useCallback(async ({ nodes, edges }: { nodes: FlowRFNode[]; edges: Edge[] }) => {
+    if (!editable) return false;
+    const goneNodes = new Set(nodes.map((n) => n.id));
+    const goneEdges = new Set(edges.map((e) => e.id));
+    setHistory((h) => {
+      const keptNodes = h.present.nodes.filter((n) => !goneNodes.has(n.id));
+      const keptEdges = h.present.edges.filter((e) => !goneEdges.has(e.id) && !goneNodes.has(e.source) && !goneNodes.has(e.target));
+      if (keptNodes.length === h.present.nodes.length && keptEdges.length === h.present.edges.length) return h;
+      return push(h, { ...h.present, nodes: keptNodes, edges: keptEdges });
+    });
+    setSelNodes(new Set());
+    setSelEdges(new Set());
+    setServerProblems(null);
+    return false;
+  }, [editable]);
+
   const autoLayout = () => {
     const pos = layeredLayout(present.nodes.map((n) => n.id), present.edges);
     commit({ ...present, nodes: present.nodes.map((n) => ({ ...n, position: pos[n.id] ?? n.position })) });
     setTimeout(() => rf.fitView({ padding: 0.2, duration: 200 }), 50);
   };
+
+  const doUndo = useCallback(() => { setHistory(undo); setServerProblems(null); }, []);
+  const doRedo = useCallback(() => { setHistory(redo); setServerProblems(null); }, []);
 
   // --- undo / redo keys ----------------------------------------------------------------------------
   useEffect(() => {
@@ -226,12 +250,12 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
       if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.tagName === 'SELECT' || t.isContentEditable)) return;
       if (!(e.ctrlKey || e.metaKey) || !editable) return;
       const k = e.key.toLowerCase();
-      if (k === 'z' && !e.shiftKey) { e.preventDefault(); setHistory(undo); }
-      else if ((k === 'z' && e.shiftKey) || k === 'y') { e.preventDefault(); setHistory(redo); }
+      if (k === 'z' && !e.shiftKey) { e.preventDefault(); doUndo(); }
+      else if ((k === 'z' && e.shiftKey) || k === 'y') { e.preventDefault(); doRedo(); }
     };
     window.addEventListener('keydown', onKey);
     return () => window.removeEventListener('keydown', onKey);
-  }, [editable]);
+  }, [editable, doUndo, doRedo]);
 
   // --- save / check --------------------------------------------------------------------------------
   const save = async () => {
@@ -280,8 +304,8 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
         <div className="ml-auto flex flex-wrap items-center gap-2">
           {editable && (
             <>
-              <button className={btnSecondary} onClick={() => setHistory(undo)} disabled={!canUndo(history)} title="Ctrl+Z">Undo</button>
-              <button className={btnSecondary} onClick={() => setHistory(redo)} disabled={!canRedo(history)} title="Ctrl+Shift+Z">Redo</button>
+              <button className={btnSecondary} onClick={doUndo} disabled={!canUndo(history)} title="Ctrl+Z">Undo</button>
+              <button className={btnSecondary} onClick={doRedo} disabled={!canRedo(history)} title="Ctrl+Shift+Z">Redo</button>
               <button className={btnSecondary} onClick={deleteSelection} disabled={!selNodes.size && !selEdges.size} title="Delete / Backspace">Delete</button>
               <button className={btnSecondary} onClick={autoLayout}>Auto-layout</button>
             </>
@@ -311,6 +335,7 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
             onNodesChange={onNodesChange}
             onEdgesChange={onEdgesChange}
             onConnect={onConnect}
+            onBeforeDelete={onBeforeDelete}
             nodesConnectable={editable}
             nodesDraggable={editable}
             edgesFocusable
@@ -332,6 +357,7 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
             edge={selectedEdge}
             agents={agentsQ.data ?? [] as Agent[]}
             crewIds={crewsQ.data?.map((c) => c.id) ?? []}
+            toolIds={toolsQ.data?.map((t) => t.id) ?? null}
             index={index}
             allProblems={allProblems}
             onBody={updateBody}

@@ -12,6 +12,8 @@ interface Props {
   edge: CanvasEdge | null;
   agents: Agent[];
   crewIds: string[];
+  /** null when the caller may not list tools (not an admin). */
+  toolIds: string[] | null;
   index: ProblemIndex;
   allProblems: FlowProblem[];
   onBody: (id: string, patch: Partial<NodeBody>, field: string) => void;
@@ -107,7 +109,16 @@ function NodeInspector(p: Props & { node: CanvasNode }) {
       )}
       {b.kind === 'tool' && (
         <>
-          <Field label="Tool id"><Text name="tool" value={b.tool ?? ''} onChange={(v) => set('tool')(v || null)} disabled={!editable} /></Field>
+          {p.toolIds ? (
+            <Field label="Tool">
+              <select name="tool" className={inputCls} value={b.tool ?? ''} disabled={!editable} onChange={(e) => set('tool')(e.target.value || null)}>
+                <option value="">— choose a tool —</option>
+                {[...new Set([...p.toolIds, ...Object.keys(p.canvas.meta.tools ?? {}), ...(b.tool ? [b.tool] : [])])].map((id) => <option key={id} value={id}>{id}</option>)}
+              </select>
+            </Field>
+          ) : (
+            <Field label="Tool id"><Text name="tool" value={b.tool ?? ''} onChange={(v) => set('tool')(v || null)} disabled={!editable} /></Field>
+          )}
           <MappingEditor label="Inputs (name → template)" value={b.inputs ?? {}} onChange={set('inputs')} disabled={!editable} />
         </>
       )}
