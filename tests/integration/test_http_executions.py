@@ -22,10 +22,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from crewflow.adapters.runtime import ScriptedRuntime
+from crewflow.adapters.sql.checkpoints import CheckpointSink
+from crewflow.application.executions import ExecuteFlow, ExecutionRecorder, ExecutionRunner, execute_flow, get_execution
 from crewflow.bootstrap import ApiContainer, build_api_container
 from crewflow.domain.execution import FlowRecord
 from crewflow.domain.tenancy import Role, Tenant, User
 from crewflow.entrypoints.http import create_app
+from crewflow.ports.queue import RunExecution
 from crewflow.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -283,3 +286,43 @@ async def test_viewers_read_executions_but_cannot_execute_or_cancel(container: A
         listed = await client.get("/api/v1/flows/two/executions", headers=auth(viewer))
     assert denied.status_code == 403
     assert [e["id"] for e in listed.json()["items"]] == [execution_id]
+
+
+class FlakyLog:
+    """A log store whose ``fail_on``-th append of events fails once (a store failing mid-run)."""
+
+    def __init__(self, real: Any, fail_on: int) -> None:
+        self.real = real
+        self.appends = 0
+        self.fail_on = fail_on
+
+    def for_tenant(self, tenant_id: str) -> FlakyLog:
+        self.store = self.real.for_tenant(tenant_id)
+        return self
+
+    async def append_events(self, events: Any) -> None:
+        self.appends += 1
+        if self.appends == self.fail_on:
+            raise OSError("disk full")
+        await self.store.append_events(events)
+
+    async def events_after(self, execution_id: str, after_seq: int = 0, limit: int = 1000) -> Any:
+        return await self.store.events_after(execution_id, after_seq, limit)
+
+
+async def test_a_run_whose_store_fails_midway_ends_failed_without_internals(container: ApiContainer) -> None:
+    tenant, _ = await make_user(container)
+    await store_flow(container, tenant)
+    recorder = ExecutionRecorder(lambda t: CheckpointSink(container.uow_factory, t), FlakyLog(container.logstore, 3),
+                                 container.bus, container.clock)  # fmt: skip
+    accepted = await execute_flow(ExecuteFlow(tenant, "two", inputs={"topic": "owls"}),
+                                  uow_factory=container.uow_factory, queue=container.queue, clock=container.clock,
+                                  ids=container.ids)  # fmt: skip
+    await ExecutionRunner(container.uow_factory, container.engine, recorder)(
+        RunExecution(tenant, accepted.execution_id), asyncio.Event())
+    details = await get_execution(tenant, accepted.execution_id, uow_factory=container.uow_factory)
+    events = await container.logstore.for_tenant(tenant).events_after(accepted.execution_id)
+    assert details.execution.status == "failed"
+    assert details.execution.error == "internal error while running the flow"
+    assert events[-1].kind == "run.failed"
+    assert events[-1].seq > max(e.seq for e in events[:-1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -224,8 +225,14 @@ class ExecutionRunner:
             return
         log.info("execution.started", tenant_id=tenant_id, execution_id=execution_id, flow_id=flow.id,
                  resumed=bool(runs))  # fmt: skip
-        handle = self.engine.start(flow, execution.inputs, tenant_id=tenant_id, execution_id=execution_id,
-                                   sinks=self.recorder.sinks(tenant_id), resume=_resume(execution, runs))  # fmt: skip
+        sinks, resume = self.recorder.sinks(tenant_id), _resume(execution, runs)
+        try:
+            handle = self.engine.start(flow, execution.inputs, tenant_id=tenant_id, execution_id=execution_id,
+                                       sinks=sinks, resume=resume)  # fmt: skip
+        except FlowInvalid as exc:
+            await self.recorder.end_without_run(tenant_id, execution, EventKind.RUN_FAILED,
+                                                {"error": f"the flow cannot run: {exc}"})  # fmt: skip
+            return
         result = asyncio.ensure_future(handle.result())
         cancelled = asyncio.ensure_future(cancel.wait())
         try:
@@ -238,9 +245,26 @@ class ExecutionRunner:
             with contextlib.suppress(Exception):
                 await asyncio.shield(result)
             raise
+        except Exception:  # the run itself broke (e.g. a store failed mid-run): never leave it "running"
+            log.exception("execution.crashed", tenant_id=tenant_id, execution_id=execution_id)
+            await self._record_crash(tenant_id, execution_id)
+            return
         finally:
             cancelled.cancel()
         log.info("execution.finished", tenant_id=tenant_id, execution_id=execution_id, status=str(outcome.status))
+
+    async def _record_crash(self, tenant_id: str, execution_id: str) -> None:
+        """End the execution ``failed`` after the seq of everything already stored (checkpoint or log). The
+        error says no more than that: the log has the details, the client gets no internals."""
+        async with self.uow_factory.for_tenant(tenant_id) as uow:
+            execution = await uow.executions.get(execution_id)
+        if execution.status.is_terminal:
+            return
+        logged = await self.recorder.logstore.for_tenant(tenant_id).events_after(execution_id, execution.last_seq)
+        last_seq = max([execution.last_seq, *(e.seq for e in logged)])
+        execution = dataclasses.replace(execution, last_seq=last_seq)
+        await self.recorder.end_without_run(tenant_id, execution, EventKind.RUN_FAILED,
+                                            {"error": "internal error while running the flow"})  # fmt: skip
 
 
 # -- cancel ------------------------------------------------------------------------------------------------
