@@ -374,3 +374,21 @@ async def test_a_tenant_gets_1000_requests_per_minute_across_its_users(client: A
     limited = await client.get("/api/v1/auth/me", headers=bearer(tokens[-1]))  # its 99th request this minute
     assert_problem(limited, 429)
     assert "retry-after" in limited.headers
+
+
+async def test_cookie_writes_from_another_origin_are_refused(client: AsyncTestClient[Any]) -> None:
+    _, token = await admin_token(client)
+    cookie = {"Cookie": f"crewflow_session={token}"}
+    invite = {"email": f"x-{uuid.uuid4().hex[:6]}@example.com", "role": "viewer", "password": PASSWORD}
+    foreign = await client.post("/api/v1/users", headers={**cookie, "Origin": "https://evil.example.com"},
+                                json=invite)  # fmt: skip
+    assert_problem(foreign, 403)
+    evil = {**cookie, "Origin": "https://evil.example.com"}
+    assert (await client.get("/api/v1/users", headers=evil)).status_code == 200  # reads are not state changes
+    same = await client.post("/api/v1/users", headers={**cookie, "Origin": "http://testserver.local"}, json=invite)
+    assert same.status_code == 201, same.text
+    # a Bearer token is not sent by browsers on their own: no origin check
+    invite["email"] = f"y-{uuid.uuid4().hex[:6]}@example.com"
+    bearer_call = await client.post("/api/v1/users", headers={**bearer(token), "Origin": "https://evil.example.com"},
+                                    json=invite)  # fmt: skip
+    assert bearer_call.status_code == 201

@@ -6,8 +6,11 @@ The session cookie is HttpOnly, Secure, SameSite=Strict and lives 24 h; API clie
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from litestar.connection import ASGIConnection
+from litestar.enums import ScopeType
+from litestar.exceptions import PermissionDeniedException
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.types import Guard
 
@@ -27,11 +30,27 @@ __all__ = ["SESSION_COOKIE", "TokenAuthMiddleware", "identity_of", "require"]
 SESSION_COOKIE = "crewflow_session"
 
 
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 def token_from(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     header = connection.headers.get("authorization", "")
     if header[:7].lower() == "bearer ":
         return header[7:].strip() or None
     return connection.cookies.get(SESSION_COOKIE) or None
+
+
+def _check_cookie_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
+    """A state-changing request authenticated by the session cookie must come from our own origin when the
+    browser says where it comes from. SameSite=Strict already keeps the cookie off cross-site requests;
+    this also covers a sibling subdomain (same site, other origin). Clients without ``Origin`` are not
+    browsers and cannot be made to send the cookie by another page."""
+    scope = connection.scope
+    if scope["type"] != ScopeType.HTTP or scope["method"] in SAFE_METHODS:  # WebSockets: ws.py checks
+        return
+    origin = connection.headers.get("origin")
+    if origin and urlsplit(origin).netloc.lower() != connection.headers.get("host", "").lower():
+        raise PermissionDeniedException("cross-origin request with a session cookie refused")
 
 
 class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
@@ -47,6 +66,8 @@ class TokenAuthMiddleware(AbstractAuthenticationMiddleware):
         if token is None:
             raise Unauthenticated()
         identity = container.tokens.verify(token)
+        if connection.headers.get("authorization", "")[:7].lower() != "bearer ":  # the cookie's token
+            _check_cookie_origin(connection)
         revocations = container.revocations
         if await revocations.is_revoked(identity.jti):
             raise Unauthenticated("invalid or expired token")
