@@ -175,6 +175,37 @@ try {
     await page.screenshot({ path: join(ARTIFACTS, 'node-output.png') });
   });
 
+  await step('a dropped live connection resumes from last_seq, losing and repeating nothing', async () => {
+    const urls = [];
+    await page.routeWebSocket(/\/api\/v1\/ws\/executions\//, (ws) => {
+      urls.push(ws.url());
+      const server = ws.connectToServer();
+      const first = urls.length === 1;
+      let forwarded = 0;
+      server.onMessage((m) => {
+        if (!first) return ws.send(m);
+        if (forwarded >= 3) return;
+        ws.send(m);
+        forwarded += 1;
+        if (forwarded === 3) {
+          ws.close({ code: 1011, reason: 'dropped by the test' });
+          server.close();
+        }
+      });
+    });
+    await page.goto(flowUrl);
+    await page.click('[data-testid=run]');
+    await page.click('[data-testid=start-run]');
+    await page.waitForURL(/#\/executions\//);
+    await page.waitForSelector('[data-testid=run-status][data-status=completed]', { timeout: 60_000 });
+    for (const id of ['start', 'agent', 'result']) await page.waitForSelector(`[data-testid=node-${id}][data-status=completed]`);
+    if (urls.length !== 2 || !urls[0].endsWith('last_seq=0') || !urls[1].endsWith('last_seq=3')) throw new Error(`socket URLs: ${urls.join(' ')}`);
+    await page.locator('[data-testid=node-agent]').click();
+    const text = await page.locator('[data-testid=node-output]').innerText();
+    if (!text.includes('tide mills')) throw new Error(`output after the reconnect: ${text}`);
+    console.log(`  reconnected: ${urls.map((u) => u.split('?')[1]).join(' then ')}`);
+  });
+
   await step('admin: a provider key is write-only, the failover order is shown', async () => {
     await page.click('a:has-text("Providers")');
     for (const [name, key] of [['primary', 'sk-test-1234567890abcd'], ['backup', '']]) {

@@ -19,11 +19,13 @@ export function ExecutionPage() {
     enabled: !!exec.data,
     staleTime: Infinity,
   });
+  // One canvas per flow version: a new object would restart the live stream.
+  const canvas = useMemo(() => (version.data ? docToCanvas(version.data.definition) : null), [version.data]);
   if (exec.error || version.error) return <div className="p-6"><ErrorBox error={exec.error ?? version.error} /></div>;
-  if (!exec.data || !version.data) return <div className="p-6 text-slate-500">Loading run…</div>;
+  if (!exec.data || !canvas) return <div className="p-6 text-slate-500">Loading run…</div>;
   return (
     <ReactFlowProvider>
-      <LiveRun key={executionId} execution={exec.data} canvas={docToCanvas(version.data.definition)} />
+      <LiveRun key={executionId} execution={exec.data} canvas={canvas} />
     </ReactFlowProvider>
   );
 }
@@ -47,7 +49,8 @@ function LiveRun({ execution, canvas }: { execution: ExecutionOut; canvas: Canva
     });
     stream.start();
     return () => stream.stop();
-  }, [execution.id, canvas]);
+    // eslint-disable-next-line react-hooks/exhaustive-deps -- the canvas of an execution never changes
+  }, [execution.id]);
 
   const terminal = isTerminalRun(run.status);
   useEffect(() => {

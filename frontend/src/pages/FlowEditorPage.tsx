@@ -321,7 +321,7 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
       </div>
       {(error || notice) && (
         <div className="border-b bg-white px-3 py-2">
-          {notice && <div className="text-sm text-green-700" data-testid="notice">{notice}</div>}
+          {notice && <div className={`text-sm ${serverProblems?.length ? 'text-amber-700' : 'text-green-700'}`} data-testid="notice">{notice}</div>}
           <ErrorBox error={error} />
         </div>
       )}
