@@ -188,16 +188,21 @@ async def test_a_new_tenant_revision_runs_once_in_every_schema_including_spares(
     assert column == 1
 
 
+@pytest.mark.parametrize(
+    "program",
+    [["-m", "crewflow.entrypoints.cli", "migrate"], ["-m", "crewflow.adapters.sql.migrate"]],
+    ids=["crewflow-migrate", "runner-module"],
+)
 async def test_killing_migrate_half_way_and_running_it_again_finishes_every_schema_exactly_once(
-    pg_url: str, raw: asyncpg.Connection, tmp_path: Path
+    program: list[str], pg_url: str, raw: asyncpg.Connection, tmp_path: Path
 ) -> None:
     await migrate(pg_url)
     schemas = await make_tenants(pg_url, 40)
     await raw.execute("CREATE TABLE public.migration_marker (schema_name text NOT NULL)")
     versions_dir = write_test_revision(tmp_path / "versions", sleep=0.05)
     command = [
-        sys.executable, "-m", "crewflow.adapters.sql.migrate", "--database-url", pg_url,
-        "--concurrency", "2", "--tenant-versions", str(versions_dir),
+        sys.executable, *program, "--database-url", pg_url, "--concurrency", "2",
+        "--tenant-versions", str(versions_dir),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -221,7 +226,8 @@ async def test_killing_migrate_half_way_and_running_it_again_finishes_every_sche
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert await markers(raw) == dict.fromkeys(schemas, 1)
     assert set((await versions(raw, schemas)).values()) == {TEST_REVISION}
-    assert f"{len(schemas) - len(after_kill)} upgraded, 0 failed" in rerun.stdout
+    assert f"{len(schemas) - len(after_kill)} upgraded" in rerun.stdout
+    assert " 0 failed" in rerun.stdout
 
 
 async def test_a_long_transaction_on_a_table_makes_its_schema_retry_until_it_ends(

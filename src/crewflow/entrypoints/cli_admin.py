@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     migrate.add_argument("--lock-timeout-ms", type=int, default=200, help="lock_timeout per attempt (default 200)")
     migrate.add_argument("--max-attempts", type=int, default=8, help="attempts per schema on lock timeouts")
     migrate.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    migrate.add_argument("--tenant-versions", action="append", default=[], metavar="DIR",
+                         help="an extra directory of tenant revisions (plugins); repeatable")  # fmt: skip
     migrate.set_defaults(func=cmd_migrate)
 
     tenants = subparsers.add_parser("tenants", help="list, create or drop tenants")
@@ -130,8 +132,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         url = _database_url(args)
         try:
             options = MigrationOptions(
-                concurrency=args.concurrency, lock_timeout_ms=args.lock_timeout_ms, max_attempts=args.max_attempts
-            )
+                concurrency=args.concurrency, lock_timeout_ms=args.lock_timeout_ms, max_attempts=args.max_attempts,
+                version_locations={"tenant": tuple(args.tenant_versions)},
+            )  # fmt: skip
         except ValueError as exc:
             raise _Failed(str(exc), EXIT_USAGE) from None
         console = Console(stderr=True)
