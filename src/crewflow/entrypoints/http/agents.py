@@ -9,22 +9,22 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from crewflow.domain.agents import Agent
 from crewflow.domain.auth import Identity
 from crewflow.domain.tenancy import Permission
-from crewflow.entrypoints.http.inputs import refused_as_invalid, valid_cursor
+from crewflow.entrypoints.http.inputs import NO_CONTROL_CHARS, NO_NUL, PathId, refused_as_invalid, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
 __all__ = ["AgentController", "AgentIn", "AgentOut", "AgentPatch"]
 
 ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=32_768)]
-LongText = Annotated[str, msgspec.Meta(max_length=32_768)]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-AgentId = Annotated[str, PathParameter(max_length=128)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=32_768, pattern=NO_NUL)]
+LongText = Annotated[str, msgspec.Meta(max_length=32_768, pattern=NO_NUL)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=NO_CONTROL_CHARS)]
+AgentId = PathId
 
 
 class AgentIn(msgspec.Struct, forbid_unknown_fields=True):

@@ -7,14 +7,14 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from crewflow.application.catalog import check_crew
 from crewflow.domain.agents import Crew, CrewTask, Process
 from crewflow.domain.auth import Identity
 from crewflow.domain.tenancy import Permission
 from crewflow.entrypoints.http.agents import ID_PATTERN, LongText, Name, Text
-from crewflow.entrypoints.http.inputs import invalid_problems, refused_as_invalid, valid_cursor
+from crewflow.entrypoints.http.inputs import PathId, invalid_problems, refused_as_invalid, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
@@ -22,7 +22,7 @@ __all__ = ["CrewController", "CrewIn", "CrewOut", "CrewPatch"]
 
 Ident = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
 ProcessName = Literal["sequential", "hierarchical"]
-CrewId = Annotated[str, PathParameter(max_length=128)]
+CrewId = PathId
 Cursor = Annotated[str | None, QueryParameter(max_length=1024)]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
 

@@ -17,13 +17,13 @@ from crewflow.application.catalog import FlowCheck, check_flow, create_flow, upd
 from crewflow.domain.auth import Identity
 from crewflow.domain.execution import FlowRecord, FlowVersion
 from crewflow.domain.tenancy import Permission
-from crewflow.entrypoints.http.inputs import valid_cursor
+from crewflow.entrypoints.http.inputs import PathId, refuse_nul, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
 __all__ = ["FlowController", "FlowOut", "FlowUpdate", "ValidationOut"]
 
-FlowId = Annotated[str, PathParameter(max_length=128)]
+FlowId = PathId
 VersionNumber = Annotated[int, PathParameter(ge=1, le=2**31 - 1)]
 Cursor = Annotated[str | None, QueryParameter(max_length=1024)]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
@@ -122,6 +122,7 @@ class FlowController(Controller):
     @post("/", guards=[require(Permission.FLOWS_WRITE)])
     async def create_flow(self, request: Request[Identity, Any, Any], data: JSONBody[Document]) -> FlowOut:
         """Body: a flow document. 422 lists every problem, each naming its node or edge."""
+        refuse_nul(data)
         container = request.app.state.container
         async with container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             record = await create_flow(uow, data, at=container.clock.now(), limits=container.engine.limits,
@@ -134,6 +135,7 @@ class FlowController(Controller):
     @post("/validate", guards=[require(Permission.FLOWS_WRITE)], status_code=HTTP_200_OK)
     async def validate_document(self, request: Request[Identity, Any, Any], data: JSONBody[Document]) -> ValidationOut:
         """Check an unsaved flow document; nothing is stored."""
+        refuse_nul(data)
         container = request.app.state.container
         async with container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             return ValidationOut.of(await check_flow(uow, data, limits=container.engine.limits))
@@ -148,6 +150,7 @@ class FlowController(Controller):
     async def update_flow(self, request: Request[Identity, Any, Any], flow_id: FlowId,
                           data: JSONBody[FlowUpdate]) -> FlowOut:  # fmt: skip
         """Save a new version; 409 when ``expected_version`` is no longer the current one."""
+        refuse_nul(data.definition, "definition")
         container = request.app.state.container
         async with container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             record = await update_flow(uow, flow_id, data.definition, expected_version=data.expected_version,

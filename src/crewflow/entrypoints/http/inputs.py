@@ -6,15 +6,30 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Annotated, Any, TypeVar
 
 from litestar.exceptions import ValidationException
+from litestar.params import PathParameter
 
 from crewflow.domain.errors import Problem
 
-__all__ = ["invalid", "invalid_problems", "refused_as_invalid", "valid_cursor"]
+__all__ = [
+    "NO_CONTROL_CHARS",
+    "NO_NUL",
+    "PathId",
+    "invalid",
+    "invalid_problems",
+    "refuse_nul",
+    "refused_as_invalid",
+    "valid_cursor",
+]
 
 T = TypeVar("T")
+# PostgreSQL refuses NUL in text and in jsonb: refused at the edge, a 422 rather than a database error.
+NO_NUL = r"^[^\x00]*$"
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
+# An object id in a path: anything an id can be, never a control character (404 when it names nothing).
+PathId = Annotated[str, PathParameter(pattern=r"^[^\x00-\x1f\x7f]{1,128}$")]
 
 
 def invalid(field: str, message: str, source: str = "body") -> ValidationException:
@@ -25,6 +40,23 @@ def invalid(field: str, message: str, source: str = "body") -> ValidationExcepti
 def invalid_problems(problems: Iterable[Problem]) -> ValidationException:
     errors = [{"key": p.where, "message": p.message, "source": "body"} for p in problems]
     return ValidationException(detail="the request is invalid", extra=errors)
+
+
+def refuse_nul(value: Any, field: str = "body") -> None:
+    """422 if a NUL character is anywhere in a JSON document (keys included)."""
+    stack: list[tuple[Any, str]] = [(value, field)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise invalid(where, "must not contain NUL characters")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and "\x00" in key:
+                    raise invalid(where, "keys must not contain NUL characters")
+                stack.append((child, f"{where}.{key}"))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{index}]") for index, child in enumerate(item))
 
 
 @contextmanager

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post, put
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from crewflow.application.providers import (
     KEY_HINT,
@@ -22,7 +22,7 @@ from crewflow.application.providers import (
 from crewflow.domain.auth import Identity
 from crewflow.domain.execution import LLMProviderConfig
 from crewflow.domain.tenancy import Permission
-from crewflow.entrypoints.http.inputs import refused_as_invalid, valid_cursor
+from crewflow.entrypoints.http.inputs import NO_CONTROL_CHARS, PathId, refused_as_invalid, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
@@ -30,13 +30,13 @@ __all__ = ["ProviderController", "ProviderIn", "ProviderOut", "ProviderPatch", "
 
 Kind = Literal["openai", "azure", "vllm", "lmstudio", "ollama", "anthropic", "scripted"]
 ProviderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-Model = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$", max_length=500)]
-ApiKey = Annotated[str, msgspec.Meta(max_length=4096)]
+Model = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=NO_CONTROL_CHARS)]
+Url = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s\x00-\x1f\x7f]+$", max_length=500)]
+ApiKey = Annotated[str, msgspec.Meta(max_length=4096, pattern=NO_CONTROL_CHARS)]
 Priority = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 PricePer1K = Annotated[float, msgspec.Meta(ge=0, le=1_000_000)]
 BudgetAmount = Annotated[float, msgspec.Meta(ge=0, le=1e12)]
-ProviderId = Annotated[str, PathParameter(max_length=64)]
+ProviderId = PathId
 Cursor = Annotated[str | None, QueryParameter(max_length=1024)]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
 
@@ -47,7 +47,7 @@ class ProviderSettings(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
     timeout: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = None
     connect_timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] | None = None
     max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
-    api_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    api_version: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_CONTROL_CHARS)] | None = None
 
 
 class ProviderIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,7 +89,8 @@ class ProviderPatch(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
 class ProviderReorder(msgspec.Struct, forbid_unknown_fields=True):
     """Provider ids in failover order; those not listed follow, in their current order."""
 
-    order: Annotated[list[Annotated[str, msgspec.Meta(max_length=64)]], msgspec.Meta(min_length=1, max_length=100)]
+    order: Annotated[list[Annotated[str, msgspec.Meta(max_length=64, pattern=NO_CONTROL_CHARS)]],
+                     msgspec.Meta(min_length=1, max_length=100)]
 
 
 class ProviderOut(msgspec.Struct):

@@ -9,13 +9,13 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from crewflow.domain.auth import Identity
 from crewflow.domain.execution import ToolRecord
 from crewflow.domain.tenancy import Permission
 from crewflow.entrypoints.http.agents import ID_PATTERN, LongText
-from crewflow.entrypoints.http.inputs import invalid, valid_cursor
+from crewflow.entrypoints.http.inputs import NO_NUL, PathId, invalid, refuse_nul, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
@@ -23,10 +23,10 @@ __all__ = ["REGISTERED", "ToolController", "ToolIn", "ToolOut", "ToolPatch"]
 
 REGISTERED = "registered"
 ToolName = Annotated[str, msgspec.Meta(pattern=ID_PATTERN)]
-Dockerfile = Annotated[str, msgspec.Meta(min_length=1, max_length=65_536)]
+Dockerfile = Annotated[str, msgspec.Meta(min_length=1, max_length=65_536, pattern=NO_NUL)]
 Image = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._/:@-]{0,499}$")]
 Schema = dict[str, Any]
-ToolId = Annotated[str, PathParameter(max_length=64)]
+ToolId = PathId
 Cursor = Annotated[str | None, QueryParameter(max_length=1024)]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
 
@@ -74,6 +74,7 @@ def _check_schema(field: str, schema: dict[str, Any]) -> None:
     """422 unless ``schema`` is a valid JSON Schema (by the metaschema of its ``$schema``, default 2020-12)."""
     import jsonschema
 
+    refuse_nul(schema, field)
     if not isinstance(schema.get("$schema", ""), str):
         raise invalid(f"{field}/$schema", "must be a URI naming a JSON Schema dialect")
     try:
