@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -15,7 +15,12 @@ from crewflow.domain.tenancy import Role
 from crewflow.entrypoints.http.limits import request_meta
 from crewflow.entrypoints.http.security import SESSION_COOKIE
 
-__all__ = ["AuthController", "LoginIn", "MeOut", "RegisterIn", "TokenOut", "session_cookie"]
+if TYPE_CHECKING:
+    from litestar.connection import ASGIConnection
+
+    from crewflow.bootstrap import ApiContainer
+
+__all__ = ["AuthController", "LoginIn", "MeOut", "RegisterIn", "TokenOut", "container_of", "session_cookie"]
 
 SESSION_MAX_AGE = 24 * 3600
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,46}[a-z0-9])?$"
@@ -79,6 +84,12 @@ class MeOut(msgspec.Struct):
     tenant: TenantOut
 
 
+def container_of(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiContainer:
+    """The app's container, typed (so mypy checks it provides every port ``AuthPorts`` names)."""
+    container: ApiContainer = connection.app.state.container
+    return container
+
+
 def session_cookie(token: str, max_age: int = SESSION_MAX_AGE) -> Cookie:
     return Cookie(key=SESSION_COOKIE, value=token, max_age=max_age, path="/", secure=True, httponly=True,
                   samesite="strict")  # fmt: skip
@@ -92,7 +103,7 @@ class AuthController(Controller):
     async def register(self, request: Request[Any, Any, Any], data: JSONBody[RegisterIn]) -> RegisteredOut:
         """Create a tenant and its first admin (public). Log in afterwards to get a session."""
         cmd = use_cases.RegisterTenant(data.tenant_name, data.slug, data.email, data.password)
-        done = await use_cases.register_tenant(cmd, request.app.state.container, request_meta(request))
+        done = await use_cases.register_tenant(cmd, container_of(request), request_meta(request))
         tenant, admin = done.tenant, done.admin
         return RegisteredOut(TenantOut(tenant.id, tenant.slug, tenant.name),
                              UserOut(admin.id, admin.email, admin.role, admin.is_active))  # fmt: skip
@@ -101,7 +112,7 @@ class AuthController(Controller):
     async def login(self, request: Request[Any, Any, Any], data: JSONBody[LoginIn]) -> Response[TokenOut]:
         """Check the credentials; set the session cookie and return the same token for API clients."""
         result = await use_cases.login(use_cases.LoginAttempt(data.email, data.password),
-                                       request.app.state.container, request_meta(request))  # fmt: skip
+                                       container_of(request), request_meta(request))  # fmt: skip
         user = result.user
         body = TokenOut(result.token.token, "Bearer", result.token.expires_at,
                         UserOut(user.id, user.email, user.role, user.is_active), user.tenant_id)  # fmt: skip
@@ -111,11 +122,11 @@ class AuthController(Controller):
     @post("/logout", status_code=204)
     async def logout(self, request: Request[Identity, Any, Any]) -> Response[None]:
         """Revoke the current token (cookie or Bearer) and clear the session cookie."""
-        await use_cases.logout(request.user, request.app.state.container, request_meta(request))
+        await use_cases.logout(request.user, container_of(request), request_meta(request))
         return Response(None, status_code=204, cookies=[session_cookie("", max_age=0)])
 
     @get("/me")
     async def me(self, request: Request[Identity, Any, Any]) -> MeOut:
-        user, tenant = await use_cases.current_user(request.user, request.app.state.container)
+        user, tenant = await use_cases.current_user(request.user, container_of(request))
         return MeOut(UserOut(user.id, user.email, user.role, user.is_active),
                      TenantOut(tenant.id, tenant.slug, tenant.name))  # fmt: skip

@@ -14,7 +14,7 @@ from litestar.params import FromQuery, JSONBody, PathParameter, QueryParameter
 from crewflow.application import auth as use_cases
 from crewflow.domain.auth import Identity
 from crewflow.domain.tenancy import Permission, Role, User
-from crewflow.entrypoints.http.auth_routes import Email, NewPassword, UserOut, check_new_password
+from crewflow.entrypoints.http.auth_routes import Email, NewPassword, UserOut, check_new_password, container_of
 from crewflow.entrypoints.http.limits import invalid_cursor_is_422, request_meta
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
@@ -52,19 +52,19 @@ class UserController(Controller):
                          limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = 20,
                          ) -> PageOut[UserOut]:  # fmt: skip
         with invalid_cursor_is_422():
-            page = await use_cases.list_users(request.user, request.app.state.container, cursor, limit)
+            page = await use_cases.list_users(request.user, container_of(request), cursor, limit)
         return page_out(page, _out)
 
     @post("/")
     async def invite_user(self, request: Request[Identity, Any, Any], data: JSONBody[InviteIn]) -> UserOut:
         cmd = use_cases.InviteUser(data.email, data.role, data.password)
-        return _out(await use_cases.invite_user(cmd, request.user, request.app.state.container,
+        return _out(await use_cases.invite_user(cmd, request.user, container_of(request),
                                                 request_meta(request)))  # fmt: skip
 
     @patch("/{user_id:str}")
     async def update_user(self, request: Request[Identity, Any, Any], user_id: UserId,
                           data: JSONBody[UserPatch]) -> UserOut:  # fmt: skip
-        container = request.app.state.container
+        container = container_of(request)
         cmd = use_cases.ChangeUser(user_id, role=data.role, is_active=data.is_active)
         changed = await use_cases.change_user(cmd, request.user, container, request_meta(request))
         container.user_status.forget(user_id)
@@ -72,6 +72,6 @@ class UserController(Controller):
 
     @delete("/{user_id:str}")
     async def delete_user(self, request: Request[Identity, Any, Any], user_id: UserId) -> None:
-        container = request.app.state.container
+        container = container_of(request)
         await use_cases.delete_user(user_id, request.user, container, request_meta(request))
         container.user_status.forget(user_id)
