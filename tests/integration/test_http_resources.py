@@ -547,3 +547,29 @@ async def test_a_well_formed_cursor_carrying_a_nul_is_not_a_server_error(any_bac
         for route in ("agents", "crews", "flows", "tools"):  # lists ordered by a text column
             response = await client.get(f"{API}/{route}", params={"cursor": forged}, headers=admin)
             assert response.status_code < 500, (route, response.text)
+
+
+async def test_every_resource_round_trips_on_both_backends(any_backend: ApiContainer) -> None:
+    async with AsyncTestClient(create_app(any_backend)) as client:
+        admin = await register_admin(client)
+        ok(await client.post(f"{API}/tools", json=TOOL, headers=admin), 201)
+        ok(await client.post(f"{API}/agents", json=agent("writer", tools=["wordcount"]), headers=admin), 201)
+        crew = {"id": "desk", "agents": ["writer"], "tasks": [{"name": "edit", "description": "Edit ✓"}]}
+        assert ok(await client.post(f"{API}/crews", json=crew, headers=admin), 201)["tasks"][0]["description"] == \
+            "Edit ✓"  # fmt: skip
+        created = ok(await client.post(f"{API}/flows", json=flow_doc(id="note"), headers=admin), 201)
+        edit = {"expected_version": 1, "definition": created["definition"]}
+        v2 = ok(await client.put(f"{API}/flows/note", json=edit, headers=admin))
+        assert v2["current_version"] == 2 and v2["definition"]["nodes"] == created["definition"]["nodes"]
+        problem(await client.put(f"{API}/flows/note", json={"expected_version": 1, "definition": flow_doc()},
+                                 headers=admin), 409)  # fmt: skip
+        assert [v["version"] for v in ok(await client.get(f"{API}/flows/note/versions", headers=admin))["items"]] == \
+            [2, 1]  # fmt: skip
+        assert ok(await client.post(f"{API}/flows/note/validate", headers=admin))["valid"] is True
+        first = ok(await client.post(f"{API}/providers", json=provider("a", api_key=KEY), headers=admin), 201)
+        second = ok(await client.post(f"{API}/providers", json=provider("b"), headers=admin), 201)
+        order = ok(await client.put(f"{API}/providers/order", json={"order": [second["id"], first["id"]]},
+                                    headers=admin))  # fmt: skip
+        assert [p["name"] for p in order] == ["b", "a"] and order[1]["api_key"] == "sk-…abcd"
+        patched = ok(await client.patch(f"{API}/tools/wordcount", json={"description": "v2"}, headers=admin))
+        assert patched["version"] == 2
