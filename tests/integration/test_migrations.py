@@ -429,3 +429,35 @@ async def test_the_public_baseline_matches_the_platform_tables_of_the_code(
         return [tuple(str(v).replace(f"{schema}.", "") if isinstance(v, str) else v for v in r) for r in rows]
 
     assert await shape("public") == await shape("reference")
+
+
+async def test_a_migration_backend_killed_mid_schema_is_retried_on_a_new_connection(
+    pg_url: str, raw: asyncpg.Connection, tmp_path: Path
+) -> None:
+    await migrate(pg_url)
+    schemas = await make_tenants(pg_url, 6)
+    await raw.execute("CREATE TABLE public.migration_marker (schema_name text NOT NULL)")
+    options = MigrationOptions(
+        concurrency=1, backoff_base=0.01,
+        version_locations={"tenant": (str(write_test_revision(tmp_path, sleep=0.3)),)},
+    )  # fmt: skip
+    events: list[ProgressEvent] = []
+    running = asyncio.create_task(migrate(pg_url, options, events.append))
+    killed = 0
+    try:
+        for _ in range(3000):  # bounded wait until the runner sleeps inside a schema's transaction, then kill it
+            killed = await raw.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE query LIKE '%pg_sleep(0.3)%' AND pid <> pg_backend_pid()"
+            )
+            if killed or running.done():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        report = await running
+
+    assert killed == 1
+    assert report.ok, report.failed
+    assert [e.kind for e in events].count("retry") == 1
+    assert max(r.attempts for r in report.results) == 2
+    assert await markers(raw) == dict.fromkeys(schemas, 1)

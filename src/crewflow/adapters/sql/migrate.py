@@ -31,7 +31,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -222,6 +222,44 @@ class _UnknownRevision(Exception):
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------------
+# An established connection that stopped working: the transaction did not commit, a new connection may.
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,  # ConnectionDoesNotExistError, "connection is closed"
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.AdminShutdownError,  # 57P01: pg_terminate_backend, fast shutdown
+    asyncpg.CrashShutdownError,  # 57P02
+)
+
+
+class _Link:
+    """A worker's connection: opened on demand, replaced after ``recycle_after`` schemas or when lost."""
+
+    def __init__(self, connect: Callable[[], Awaitable[asyncpg.Connection]], recycle_after: int) -> None:
+        self._connect = connect
+        self._recycle_after = recycle_after
+        self._conn: asyncpg.Connection | None = None
+        self.served = 0
+
+    async def get(self) -> asyncpg.Connection:
+        if self._conn is not None and (self.served >= self._recycle_after or self._conn.is_closed()):
+            await self.close()
+        if self._conn is None:
+            self._conn = await self._connect()
+            self.served = 0
+        return self._conn
+
+    async def discard(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            await conn.close()
+
+
 class _PostgresRunner:
     def __init__(self, url: URL, options: MigrationOptions, progress: ProgressCallback | None) -> None:
         self.connect_kwargs = asyncpg_connect_kwargs(url)
@@ -247,12 +285,14 @@ class _PostgresRunner:
         return await asyncpg.connect(**self.connect_kwargs)
 
     async def run(self) -> list[SchemaResult]:
-        conn = await self._connect()
+        link = _Link(self._connect, self.options.recycle_after)
         try:
+            await link.get()  # a database that cannot be reached fails the whole run here
             public = _Tracker("public", 1, self.progress)
-            results = [public.finished(await self._upgrade(conn, "public", "public", public))]
+            results = [public.finished(await self._upgrade(link, "public", "public", public))]
             if not results[0].ok:
                 return results  # tenant schemas may depend on the platform tables: stop here
+            conn = await link.get()
             schemas = [
                 row[0]
                 for row in await conn.fetch(
@@ -262,7 +302,7 @@ class _PostgresRunner:
                 )
             ]
         finally:
-            await conn.close()
+            await link.close()
         tracker = _Tracker("tenant", len(schemas), self.progress)
         queue: asyncio.Queue[str] = asyncio.Queue()
         for schema in schemas:
@@ -281,36 +321,36 @@ class _PostgresRunner:
         return results + tenant_results
 
     async def _worker(self, queue: asyncio.Queue[str], tracker: _Tracker, out: list[SchemaResult]) -> None:
-        conn: asyncpg.Connection | None = None
-        served = 0
+        link = _Link(self._connect, self.options.recycle_after)
         try:
             while not queue.empty():
                 schema = queue.get_nowait()
-                if conn is not None and (served >= self.options.recycle_after or conn.is_closed()):
-                    await conn.close()
-                    conn = None
-                if conn is None:
-                    try:
-                        conn = await self._connect()
-                    except (OSError, asyncpg.PostgresError) as exc:
-                        out.append(tracker.finished(SchemaResult(schema, "tenant", None, None, 0, f"connect: {exc}")))
-                        continue
-                    served = 0
-                out.append(tracker.finished(await self._upgrade(conn, schema, "tenant", tracker)))
-                served += 1
+                out.append(tracker.finished(await self._upgrade(link, schema, "tenant", tracker)))
         finally:
-            if conn is not None:
-                await conn.close()
+            await link.close()
 
-    async def _upgrade(self, conn: asyncpg.Connection, schema: str, branch: Branch, tracker: _Tracker) -> SchemaResult:
+    async def _upgrade(self, link: _Link, schema: str, branch: Branch, tracker: _Tracker) -> SchemaResult:
         head = self.heads[branch]
         attempt = 0
         seen: list[str | None] = [None]  # the revision read in the last attempt, reported on failure
         while True:
             attempt += 1
             try:
+                conn = await link.get()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                return SchemaResult(schema, branch, None, None, attempt, f"connect: {exc}")
+            try:
                 before = await self._upgrade_once(conn, schema, branch, head, seen)
+                link.served += 1
                 return SchemaResult(schema, branch, before, head, attempt)
+            except _CONNECTION_LOST as exc:
+                # The backend went away (terminated, restarted): nothing was committed; retry on a new connection.
+                await link.discard()
+                if attempt < self.options.max_attempts:
+                    tracker.retry(schema, attempt)
+                    await asyncio.sleep(_backoff(self.options, attempt))
+                    continue
+                return SchemaResult(schema, branch, seen[0], seen[0], attempt, f"connection lost: {exc}")
             except asyncpg.PostgresError as exc:
                 sqlstate = getattr(exc, "sqlstate", None)
                 if sqlstate in _RETRYABLE and attempt < self.options.max_attempts:
@@ -323,8 +363,6 @@ class _PostgresRunner:
                 return SchemaResult(schema, branch, seen[0], seen[0], attempt, reason)
             except _UnknownRevision as exc:
                 return SchemaResult(schema, branch, seen[0], seen[0], attempt, str(exc))
-            except (OSError, asyncpg.InterfaceError) as exc:
-                return SchemaResult(schema, branch, seen[0], seen[0], attempt, f"connection: {exc}")
 
     async def _upgrade_once(
         self, conn: asyncpg.Connection, schema: str, branch: Branch, head: str, seen: list[str | None]
