@@ -13,6 +13,10 @@ from crewflow.settings import Settings
 __all__ = ["configure_logging"]
 
 
+def _stderr_logger(*_: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(settings: Settings) -> None:
     level = logging.getLevelNamesMapping().get(settings.log_level.upper(), logging.INFO)
     as_json = settings.log_format == "json" or (settings.log_format == "auto" and not sys.stderr.isatty())
@@ -27,7 +31,9 @@ def configure_logging(settings: Settings) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Resolve sys.stderr at each logger creation, not once: whoever replaces the stream later (a test
+        # runner's capture, a daemon redirect) must not leave loggers writing to a closed file.
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations narrate every step at INFO
