@@ -247,6 +247,7 @@ class ExecutionRunner:
             raise
         except Exception:  # the run itself broke (e.g. a store failed mid-run): never leave it "running"
             log.exception("execution.crashed", tenant_id=tenant_id, execution_id=execution_id)
+            handle.cancel("internal error")  # interrupt node tasks the broken run may have left behind
             await self._record_crash(tenant_id, execution_id)
             return
         finally:
