@@ -220,10 +220,12 @@ try {
     }
     const row = await page.locator('[data-testid=provider-primary]').innerText();
     if (row.includes('sk-test-1234567890abcd')) throw new Error('the provider key is shown');
+    await page.waitForLoadState('networkidle');
     await page.locator('[data-testid=provider-backup]').dragTo(page.locator('[data-testid=provider-primary]'));
     await page.waitForFunction(() => document.querySelector('[data-testid=providers-table] tbody tr')?.getAttribute('data-testid') === 'provider-backup');
-    const order = await page.evaluate(async () => (await (await fetch('/api/v1/providers', { credentials: 'include' })).json()).items.map((p) => p.name));
-    if (order.join() !== 'backup,primary') throw new Error(`server order is ${order}`);
+    await page.waitForFunction(async () => (await (await fetch('/api/v1/providers', { credentials: 'include' })).json()).items.map((p) => p.name).join() === 'backup,primary', null, { polling: 250 });
+    await page.reload();
+    await page.waitForFunction(() => document.querySelector('[data-testid=providers-table] tbody tr')?.getAttribute('data-testid') === 'provider-backup');
     await page.screenshot({ path: join(ARTIFACTS, 'providers.png') });
     // leave no real provider in the way of the offline agent (its provider is 'scripted' anyway)
   });

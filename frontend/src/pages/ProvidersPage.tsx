@@ -15,6 +15,8 @@ export function ProvidersPage() {
   useEffect(() => { if (list.data) setOrder(list.data); }, [list.data]);
   const reorder = useMutation({
     mutationFn: (ids: string[]) => providers.reorder(ids),
+    // A list refetch still in flight must not put the old order back over the new one.
+    onMutate: () => qc.cancelQueries({ queryKey: ['providers'] }),
     onSuccess: (saved) => { qc.setQueryData(['providers'], saved); },
     onError: () => { if (list.data) setOrder(list.data); },
   });
