@@ -225,7 +225,7 @@ async def snapshot(client: AsyncTestClient[Any], container: ApiContainer, w: Wor
     reads = ["/agents", "/agents/writer", "/crews", "/crews/desk", "/tools", "/tools/wordcount", "/providers",
              f"/providers/{w.provider_id}", "/flows", f"/flows/{w.flow_id}", f"/flows/{w.flow_id}/versions",
              f"/flows/{w.flow_id}/executions", f"/executions/{w.execution_id}", f"/executions/{w.execution_id}/logs",
-             "/users"]  # fmt: skip
+             "/users", "/audit-logs"]  # fmt: skip
     if w.chat_id is not None:
         reads += [f"/chats/{w.chat_id}", f"/chats/{w.chat_id}/messages"]
     state = [expect(await client.get(API + path, headers=w.admin_a), 200) for path in reads]

@@ -573,3 +573,34 @@ async def test_every_resource_round_trips_on_both_backends(any_backend: ApiConta
         assert [p["name"] for p in order] == ["b", "a"] and order[1]["api_key"] == "sk-…abcd"
         patched = ok(await client.patch(f"{API}/tools/wordcount", json={"description": "v2"}, headers=admin))
         assert patched["version"] == 2
+
+
+async def test_resource_writes_are_audited_without_the_provider_key(
+    client: AsyncTestClient[Any], container: ApiContainer
+) -> None:
+    _, admin = await make_user(container, Role.ADMIN)
+    ok(await client.post(f"{API}/agents", json=agent("writer"), headers=admin), 201)
+    ok(await client.patch(f"{API}/agents/writer", json={"goal": "better"}, headers=admin))
+    crew = {"id": "desk", "agents": ["writer"], "tasks": [{"name": "edit", "description": "Edit"}]}
+    ok(await client.post(f"{API}/crews", json=crew, headers=admin), 201)
+    ok(await client.post(f"{API}/flows", json=flow_doc(id="note"), headers=admin), 201)
+    ok(await client.put(f"{API}/flows/note", json={"expected_version": 1, "definition": flow_doc()}, headers=admin))
+    provider_id = ok(await client.post(f"{API}/providers", json=provider("p", api_key=KEY), headers=admin), 201)["id"]
+    ok(await client.patch(f"{API}/providers/{provider_id}", json={"api_key": OTHER_KEY}, headers=admin))
+    ok(await client.put(f"{API}/providers/order", json={"order": [provider_id]}, headers=admin))
+    ok(await client.post(f"{API}/tools", json=TOOL, headers=admin), 201)
+    for path in ("/tools/wordcount", f"/providers/{provider_id}", "/flows/note", "/crews/desk", "/agents/writer"):
+        assert (await client.delete(API + path, headers=admin)).status_code == 204
+    problem(await client.delete(f"{API}/agents/writer", headers=admin), 404)  # a refused write is not logged
+
+    response = await client.get(f"{API}/audit-logs", params={"limit": 100}, headers=admin)
+    entries = ok(response)["items"]
+    assert sorted((e["action"], e["object_id"]) for e in entries) == sorted([
+        ("agent.create", "writer"), ("agent.update", "writer"), ("crew.create", "desk"), ("flow.create", "note"),
+        ("flow.update", "note"), ("provider.create", provider_id), ("provider.update", provider_id),
+        ("provider.reorder", None), ("tool.register", "wordcount"), ("tool.delete", "wordcount"),
+        ("provider.delete", provider_id), ("flow.delete", "note"), ("crew.delete", "desk"), ("agent.delete", "writer"),
+    ])  # fmt: skip
+    assert next(e for e in entries if e["action"] == "flow.update")["details"] == {"version": 2}
+    assert next(e for e in entries if e["action"] == "provider.update")["details"]["key_replaced"] is True
+    assert KEY not in response.text and OTHER_KEY not in response.text

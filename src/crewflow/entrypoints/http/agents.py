@@ -14,6 +14,7 @@ from litestar.params import JSONBody, QueryParameter
 from crewflow.domain.agents import Agent
 from crewflow.domain.auth import Identity
 from crewflow.domain.tenancy import Permission
+from crewflow.entrypoints.http.audit_routes import audit_request
 from crewflow.entrypoints.http.inputs import NO_CONTROL_CHARS, NO_NUL, PathId, refused_as_invalid, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
@@ -101,6 +102,7 @@ class AgentController(Controller):
         async with container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             await uow.agents.add(agent, at=container.clock.now())
             await uow.commit()
+        await audit_request(request, "agent.create", object_type="agent", object_id=agent.id)
         return AgentOut.of(agent)
 
     @get("/{agent_id:str}", guards=[require(Permission.AGENTS_READ)])
@@ -121,6 +123,8 @@ class AgentController(Controller):
                 updated = dataclasses.replace(current, **changes)  # the domain re-validates in __post_init__
             await uow.agents.update(updated, at=container.clock.now())
             await uow.commit()
+        await audit_request(request, "agent.update", object_type="agent", object_id=agent_id,
+                            details={"fields": sorted(changes)})  # fmt: skip
         return AgentOut.of(updated)
 
     @delete("/{agent_id:str}", guards=[require(Permission.AGENTS_WRITE)])
@@ -128,3 +132,4 @@ class AgentController(Controller):
         async with request.app.state.container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             await uow.agents.delete(agent_id)
             await uow.commit()
+        await audit_request(request, "agent.delete", object_type="agent", object_id=agent_id)

@@ -14,6 +14,7 @@ from crewflow.domain.agents import Crew, CrewTask, Process
 from crewflow.domain.auth import Identity
 from crewflow.domain.tenancy import Permission
 from crewflow.entrypoints.http.agents import ID_PATTERN, LongText, Name, Text
+from crewflow.entrypoints.http.audit_routes import audit_request
 from crewflow.entrypoints.http.inputs import PathId, invalid_problems, refused_as_invalid, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
@@ -106,6 +107,7 @@ class CrewController(Controller):
                 raise invalid_problems(problems)
             await uow.crews.add(crew, at=container.clock.now())
             await uow.commit()
+        await audit_request(request, "crew.create", object_type="crew", object_id=crew.id)
         return CrewOut.of(crew)
 
     @get("/{crew_id:str}", guards=[require(Permission.AGENTS_READ)])
@@ -133,6 +135,8 @@ class CrewController(Controller):
                 raise invalid_problems(problems)
             await uow.crews.update(updated, at=container.clock.now())
             await uow.commit()
+        await audit_request(request, "crew.update", object_type="crew", object_id=crew_id,
+                            details={"fields": sorted(changes)})  # fmt: skip
         return CrewOut.of(updated)
 
     @delete("/{crew_id:str}", guards=[require(Permission.AGENTS_WRITE)])
@@ -140,3 +144,4 @@ class CrewController(Controller):
         async with request.app.state.container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             await uow.crews.delete(crew_id)
             await uow.commit()
+        await audit_request(request, "crew.delete", object_type="crew", object_id=crew_id)

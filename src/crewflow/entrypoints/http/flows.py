@@ -17,6 +17,7 @@ from crewflow.application.catalog import FlowCheck, check_flow, create_flow, upd
 from crewflow.domain.auth import Identity
 from crewflow.domain.execution import FlowRecord, FlowVersion
 from crewflow.domain.tenancy import Permission
+from crewflow.entrypoints.http.audit_routes import audit_request
 from crewflow.entrypoints.http.inputs import PathId, refuse_nul, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
@@ -130,6 +131,7 @@ class FlowController(Controller):
                                        created_by=request.user.user_id)  # fmt: skip
             version = await uow.flows.get_version(record.id, 1)
             await uow.commit()
+        await audit_request(request, "flow.create", object_type="flow", object_id=record.id, details={"version": 1})
         return FlowOut.of(record, version)
 
     @post("/validate", guards=[require(Permission.FLOWS_WRITE)], status_code=HTTP_200_OK)
@@ -158,6 +160,8 @@ class FlowController(Controller):
                                        created_by=request.user.user_id)  # fmt: skip
             version = await uow.flows.get_version(flow_id, record.current_version)
             await uow.commit()
+        await audit_request(request, "flow.update", object_type="flow", object_id=flow_id,
+                            details={"version": record.current_version})  # fmt: skip
         return FlowOut.of(record, version)
 
     @delete("/{flow_id:str}", guards=[require(Permission.FLOWS_WRITE)])
@@ -165,6 +169,7 @@ class FlowController(Controller):
         async with request.app.state.container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             await uow.flows.delete(flow_id)
             await uow.commit()
+        await audit_request(request, "flow.delete", object_type="flow", object_id=flow_id)
 
     @post("/{flow_id:str}/validate", guards=[require(Permission.FLOWS_READ)], status_code=HTTP_200_OK)
     async def validate_flow(self, request: Request[Identity, Any, Any], flow_id: FlowId,

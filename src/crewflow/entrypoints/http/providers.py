@@ -22,6 +22,7 @@ from crewflow.application.providers import (
 from crewflow.domain.auth import Identity
 from crewflow.domain.execution import LLMProviderConfig
 from crewflow.domain.tenancy import Permission
+from crewflow.entrypoints.http.audit_routes import audit_request
 from crewflow.entrypoints.http.inputs import NO_CONTROL_CHARS, PathId, refused_as_invalid, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
@@ -150,6 +151,8 @@ class ProviderController(Controller):
                           config=_settings(data.settings))  # fmt: skip
         with refused_as_invalid():
             provider = await create_provider(_deps(request), request.user.tenant_id, new)
+        await audit_request(request, "provider.create", object_type="provider", object_id=provider.id,
+                            details={"name": provider.name, "with_key": provider.has_key})  # fmt: skip
         return ProviderOut.of(provider)
 
     @put("/order", guards=[require(Permission.PROVIDERS_WRITE)])
@@ -157,6 +160,8 @@ class ProviderController(Controller):
         """Set the failover order; answers every provider in the new order."""
         with refused_as_invalid("order"):
             providers = await reorder_providers(_deps(request), request.user.tenant_id, data.order)
+        await audit_request(request, "provider.reorder", object_type="provider",
+                            details={"order": [p.id for p in providers]})  # fmt: skip
         return [ProviderOut.of(p) for p in providers]
 
     @get("/{provider_id:str}", guards=[require(Permission.PROVIDERS_READ)])
@@ -174,8 +179,11 @@ class ProviderController(Controller):
         changes = {_FIELDS.get(k, k): v for k, v in sent.items()}
         with refused_as_invalid():
             provider = await update_provider(_deps(request), request.user.tenant_id, provider_id, changes, api_key)
+        await audit_request(request, "provider.update", object_type="provider", object_id=provider_id,
+                            details={"fields": sorted(sent), "key_replaced": api_key is not None})  # fmt: skip
         return ProviderOut.of(provider)
 
     @delete("/{provider_id:str}", guards=[require(Permission.PROVIDERS_WRITE)])
     async def delete_provider(self, request: Request[Identity, Any, Any], provider_id: ProviderId) -> None:
         await delete_provider(_deps(request), request.user.tenant_id, provider_id)
+        await audit_request(request, "provider.delete", object_type="provider", object_id=provider_id)

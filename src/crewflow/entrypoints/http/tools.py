@@ -15,6 +15,7 @@ from crewflow.domain.auth import Identity
 from crewflow.domain.execution import ToolRecord
 from crewflow.domain.tenancy import Permission
 from crewflow.entrypoints.http.agents import ID_PATTERN, LongText
+from crewflow.entrypoints.http.audit_routes import audit_request
 from crewflow.entrypoints.http.inputs import NO_NUL, PathId, invalid, refuse_nul, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
@@ -115,6 +116,7 @@ class ToolController(Controller):
         async with container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             await uow.tools.add(tool)
             await uow.commit()
+        await audit_request(request, "tool.register", object_type="tool", object_id=tool.id)
         return ToolOut.of(tool)
 
     @get("/{tool_id:str}", guards=[require(Permission.TOOLS_READ)])
@@ -141,6 +143,8 @@ class ToolController(Controller):
                 updated = dataclasses.replace(updated, build_status=REGISTERED)
             await uow.tools.update(updated)
             await uow.commit()
+        await audit_request(request, "tool.update", object_type="tool", object_id=tool_id,
+                            details={"fields": sorted(changes), "version": updated.version})  # fmt: skip
         return ToolOut.of(updated)
 
     @delete("/{tool_id:str}", guards=[require(Permission.TOOLS_WRITE)])
@@ -148,3 +152,4 @@ class ToolController(Controller):
         async with request.app.state.container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             await uow.tools.delete(tool_id)
             await uow.commit()
+        await audit_request(request, "tool.delete", object_type="tool", object_id=tool_id)
