@@ -392,3 +392,27 @@ async def test_cookie_writes_from_another_origin_are_refused(client: AsyncTestCl
     bearer_call = await client.post("/api/v1/users", headers={**bearer(token), "Origin": "https://evil.example.com"},
                                     json=invite)  # fmt: skip
     assert bearer_call.status_code == 201
+
+
+async def test_a_user_changes_their_password_with_the_current_one(client: AsyncTestClient[Any]) -> None:
+    email, token = await admin_token(client)
+    new = "an even better passphrase"
+    wrong = await client.post("/api/v1/auth/password", headers=bearer(token),
+                              json={"current_password": "not it at all", "new_password": new})  # fmt: skip
+    assert_problem(wrong, 422)
+    assert wrong.json()["errors"][0]["field"] == "current_password"
+    weak = await client.post("/api/v1/auth/password", headers=bearer(token),
+                             json={"current_password": PASSWORD, "new_password": "short"})  # fmt: skip
+    assert_problem(weak, 422)
+    assert (await login(client, email)).status_code == 200  # nothing changed so far
+    changed = await client.post("/api/v1/auth/password", headers=bearer(token),
+                                json={"current_password": PASSWORD, "new_password": new})  # fmt: skip
+    assert changed.status_code == 204, changed.text
+    assert_problem(await login(client, email), 401)
+    assert (await login(client, email, new)).status_code == 200
+    audit = await client.get("/api/v1/audit-logs", headers=bearer(token))
+    actions = [e["action"] for e in audit.json()["items"]]
+    assert "auth.password.change" in actions and "auth.password.failed" in actions
+    assert new not in audit.text and PASSWORD not in audit.text
+    assert_problem(await client.post("/api/v1/auth/password", json={"current_password": new, "new_password": new}),
+                   401)  # fmt: skip

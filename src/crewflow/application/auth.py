@@ -17,7 +17,7 @@ import structlog
 
 from crewflow.application.audit import record_audit
 from crewflow.domain.auth import Identity, RateLimited, Unauthenticated
-from crewflow.domain.errors import Conflict, NotFound, PermissionDenied
+from crewflow.domain.errors import Conflict, DomainError, NotFound, PermissionDenied
 from crewflow.domain.logs import Page
 from crewflow.domain.tenancy import Permission, Role, Tenant, User, schema_name_for
 from crewflow.ports.auth import IssuedToken, PasswordHasher, RateLimiter, TokenRevocations, TokenService
@@ -38,6 +38,8 @@ __all__ = [
     "RegisterTenant",
     "Registered",
     "RequestMeta",
+    "WrongPassword",
+    "change_password",
     "change_user",
     "current_user",
     "delete_user",
@@ -58,6 +60,14 @@ MAX_PASSWORD_BYTES = 72  # bcrypt reads no further: longer passwords are refused
 # of user status (see ``security.py``), so every process re-reads the user after a change.
 USER_CHANGED_TTL = 120.0
 BAD_CREDENTIALS = "invalid e-mail or password"
+
+
+class WrongPassword(DomainError):
+    """The current password given to change it does not match (422 on ``current_password``, not 401: the
+    caller's session is fine)."""
+
+    def __init__(self) -> None:
+        super().__init__("the current password is wrong")
 
 
 def password_problem(password: str) -> str | None:
@@ -255,6 +265,30 @@ async def logout(identity: Identity, ports: AuthPorts, meta: RequestMeta) -> Non
     await ports.revocations.revoke(identity.jti, identity.expires_at)
     await _audit(ports, identity.tenant_id, "auth.logout", meta, actor_id=identity.user_id, object_type="user",
                  object_id=identity.user_id)  # fmt: skip
+
+
+async def change_password(identity: Identity, current: str, new: str, ports: AuthPorts, meta: RequestMeta,
+                          throttle: LoginThrottle = LoginThrottle()) -> None:  # fmt: skip
+    """Replace the caller's password after checking the current one. Guesses share the login throttle of
+    the account. Other sessions of the user stay valid until they expire (ADR 0008)."""
+    _check_new_password(new)
+    try:
+        async with ports.uow_factory.platform() as uow:
+            user = await uow.users.get(identity.user_id)
+    except NotFound:
+        raise Unauthenticated("invalid or expired token") from None
+    await _throttle(ports, f"login:account:{_email_digest(user.email)}", throttle.per_account, throttle.window)
+    if not await asyncio.to_thread(ports.hasher.verify, current, user.password_hash or ports.hasher.dummy_hash):
+        await _audit(ports, user.tenant_id, "auth.password.failed", meta, actor_id=user.id, object_type="user",
+                     object_id=user.id)  # fmt: skip
+        raise WrongPassword()
+    new_hash = await asyncio.to_thread(ports.hasher.hash, new)
+    async with ports.uow_factory.platform() as uow:
+        fresh = await uow.users.get(user.id)
+        await uow.users.update(replace(fresh, password_hash=new_hash))
+        await uow.commit()
+    await _audit(ports, user.tenant_id, "auth.password.change", meta, actor_id=user.id, object_type="user",
+                 object_id=user.id)  # fmt: skip
 
 
 async def current_user(identity: Identity, ports: AuthPorts) -> tuple[User, Tenant]:

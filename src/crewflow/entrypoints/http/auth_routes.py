@@ -51,6 +51,14 @@ class LoginIn(msgspec.Struct, forbid_unknown_fields=True):
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
+class PasswordChangeIn(msgspec.Struct, forbid_unknown_fields=True):
+    current_password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    new_password: NewPassword
+
+    def __post_init__(self) -> None:
+        check_new_password(self.new_password)
+
+
 class UserOut(msgspec.Struct):
     id: str
     email: str
@@ -124,6 +132,12 @@ class AuthController(Controller):
         """Revoke the current token (cookie or Bearer) and clear the session cookie."""
         await use_cases.logout(request.user, container_of(request), request_meta(request))
         return Response(None, status_code=204, cookies=[session_cookie("", max_age=0)])
+
+    @post("/password", status_code=204)
+    async def change_password(self, request: Request[Identity, Any, Any], data: JSONBody[PasswordChangeIn]) -> None:
+        """Replace the caller's password (the current one is required)."""
+        await use_cases.change_password(request.user, data.current_password, data.new_password,
+                                        container_of(request), request_meta(request))  # fmt: skip
 
     @get("/me")
     async def me(self, request: Request[Identity, Any, Any]) -> MeOut:

@@ -11,6 +11,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 
+from crewflow.application.auth import WrongPassword
 from crewflow.application.executions import InvalidArguments
 from crewflow.domain.auth import RateLimited, Unauthenticated
 from crewflow.domain.errors import Conflict, FlowInvalid, NotFound, PermissionDenied
@@ -67,6 +68,8 @@ MAPPING: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
     FlowInvalid: _flow_invalid,
     InvalidArguments: lambda e: _problem(422, "Unprocessable Content", "the request is invalid", extra={
         "errors": [{"field": p.where, "message": p.message, "source": "body"} for p in e.problems]}),
+    WrongPassword: lambda e: _problem(422, "Unprocessable Content", "the request is invalid", extra={
+        "errors": [{"field": "current_password", "message": str(e), "source": "body"}]}),
     ValidationException: _validation,
     HTTPException: _http,
 }
