@@ -377,6 +377,14 @@ async def test_providers_reorder_sets_the_failover_order(client: AsyncTestClient
     assert [p["name"] for p in ok(await client.get(f"{API}/providers", headers=admin))["items"]] == ["c", "a"]
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.at = 1000.0
+
+    def now(self) -> float:
+        return self.at
+
+
 class FakeProvider:
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -393,7 +401,7 @@ class FakeProvider:
         self.closed = True
 
 
-async def test_the_registry_reuses_adapters_until_their_config_changes_and_closes_the_replaced_ones(
+async def test_the_registry_caches_for_its_ttl_reuses_unchanged_adapters_and_closes_replaced_ones(
     client: AsyncTestClient[Any], container: ApiContainer
 ) -> None:
     tenant, admin = await make_user(container, Role.ADMIN)
@@ -403,13 +411,16 @@ async def test_the_registry_reuses_adapters_until_their_config_changes_and_close
         built.append(FakeProvider(config))
         return built[-1]
 
-    registry = RepositoryProviderRegistry(container.uow_factory, container.cipher, build, container.clock)
+    clock = FakeClock()
+    registry = RepositoryProviderRegistry(container.uow_factory, container.cipher, build, clock, ttl=30)
     provider_id = ok(await client.post(f"{API}/providers", json=provider("main", api_key=KEY), headers=admin),
                      201)["id"]  # fmt: skip
     first = await registry.for_tenant(tenant)
     assert await registry.for_tenant(tenant) is first and len(built) == 1  # cached
     ok(await client.patch(f"{API}/providers/{provider_id}", json={"priority": 5}, headers=admin))
-    registry.invalidate(tenant)
+    clock.at += 29  # an edit made through another registry (process) shows once the entry expires
+    assert (await registry.for_tenant(tenant)).providers[0].config.priority == 100
+    clock.at += 2
     again = await registry.for_tenant(tenant)
     assert again.providers[0].config.priority == 5 and again.providers[0].provider is built[0]  # same adapter
     ok(await client.patch(f"{API}/providers/{provider_id}", json={"api_key": OTHER_KEY}, headers=admin))
