@@ -179,11 +179,12 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     from crewflow.adapters.memory import MemoryRateLimiter, MemoryTokenRevocations
     from crewflow.adapters.memory.bus import MemoryEventBus
     from crewflow.adapters.memory.queue import InProcessJobQueue
-    from crewflow.adapters.sql import SqlUnitOfWorkFactory, open_database
+    from crewflow.adapters.sql import PostgresDatabase, SqlUnitOfWorkFactory, open_database
+    from crewflow.adapters.sql.catalog_budget import limit_tenants_per_connection
     from crewflow.adapters.sql.checkpoints import CheckpointSink
     from crewflow.adapters.sql.logstore import SqlLogStore
     from crewflow.adapters.sql.migrate import migrate
-    from crewflow.adapters.sql.provisioning import open_provisioner
+    from crewflow.adapters.sql.provisioning import PostgresProvisioner, open_provisioner
     from crewflow.application.chats import ChatService
     from crewflow.application.executions import ExecutionRecorder, ExecutionRunner
     from crewflow.application.gateway import Gateway
@@ -198,7 +199,15 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
             failed = ", ".join(r.schema for r in report.failed)
             raise RuntimeError(f"migrating the embedded database failed for: {failed}")
     database = open_database(url, pool_size=settings.db_pool_size)
-    provisioner = open_provisioner(url)
+    spares = 0
+    if isinstance(database, PostgresDatabase):
+        # Bound per-connection catalog memory across many tenants (ADR 0006), and keep a few spare schemas
+        # at the current revision so registering a tenant is a rename (~ms) rather than DDL (~150 ms here).
+        limit_tenants_per_connection(database.engine, settings.tenants_per_connection)
+        spares = settings.spare_schemas
+    provisioner = open_provisioner(url, spare_pool_size=spares)
+    if spares and isinstance(provisioner, PostgresProvisioner):
+        provisioner.start()  # fill the spare pool now rather than on the first registration
     clock = SystemClock()
     uow_factory = SqlUnitOfWorkFactory(database)
     cipher = AesGcmCipher.from_setting(_cipher_keyring(settings))

@@ -32,6 +32,8 @@ class Settings:
     tenant: str = "local"
     max_parallel: int = 8
     db_pool_size: int = 20
+    spare_schemas: int = 5
+    tenants_per_connection: int = 250
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -49,6 +51,8 @@ class Settings:
             tenant=env.get("CREWFLOW_TENANT", "local"),
             max_parallel=_int(env, "CREWFLOW_MAX_PARALLEL", 8),
             db_pool_size=_int(env, "CREWFLOW_DB_POOL_SIZE", 20),
+            spare_schemas=_int(env, "CREWFLOW_SPARE_SCHEMAS", 5),
+            tenants_per_connection=_int(env, "CREWFLOW_TENANTS_PER_CONNECTION", 250),
             log_level=env.get("CREWFLOW_LOG_LEVEL", "info"),
             log_format=env.get("CREWFLOW_LOG_FORMAT", "auto"),
             extra={k: v for k, v in env.items() if k.startswith("CREWFLOW_")},
