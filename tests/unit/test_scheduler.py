@@ -372,3 +372,14 @@ def test_same_inputs_and_seed_give_the_same_events() -> None:
 
     assert trace(1) == trace(1)
     assert trace(1) != trace(2)
+
+
+def test_a_run_timeout_after_a_node_failure_keeps_the_failure_as_the_cause() -> None:
+    s = make([task("a"), task("b")], "", run_timeout=10.0)
+    s.begin(0.0)
+    s.start("a", 0.0)
+    s.start("b", 0.0)
+    s.fail("a", "bad", 1.0, retryable=False)
+    events = s.check_timeouts(10.0)
+    assert kinds(events) == [("node.failed", "b"), ("run.failed", None)]
+    assert events[-1].data == {"error": "node 'a' failed: bad"}

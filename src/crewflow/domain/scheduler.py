@@ -259,7 +259,8 @@ class Scheduler:
             return []
         events: list[ExecutionEvent] = []
         if self._deadline is not None and now >= self._deadline:
-            self.error = f"run timed out after {self.run_timeout}s"
+            if self.error is None:  # a node that already failed the run stays the reported cause
+                self.error = f"run timed out after {self.run_timeout}s"
             for node_id in self._by_order(self._running):
                 state = self.nodes[node_id]
                 state.status, state.error, state.finished_at = NodeStatus.FAILED, "run timed out", now
