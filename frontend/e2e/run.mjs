@@ -55,6 +55,10 @@ try {
   page.setDefaultTimeout(15_000);
   currentPage = page;
   page.on('pageerror', (e) => console.log(`  [page error] ${e.message}`));
+  const cspViolations = [];
+  page.on('console', (m) => {
+    if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
+  });
 
   await step('register a tenant and land logged in', async () => {
     await page.goto(`${BASE}/#/register`);
@@ -266,6 +270,9 @@ try {
     await page.click('a:has-text("Agents")');
     await page.waitForSelector('[data-testid=agents-table] td:has-text("writer")');
     if (await page.locator('button:has-text("New agent")').count()) throw new Error('a viewer sees New agent');
+  });
+  await step('no Content-Security-Policy violation on any screen', async () => {
+    if (cspViolations.length) throw new Error(cspViolations.slice(0, 3).join('\n'));
   });
 } catch {
   exitCode = 1;
