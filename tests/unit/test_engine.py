@@ -288,3 +288,37 @@ def test_agent_records_are_validated() -> None:
     with pytest.raises(ValueError, match="role"):
         Agent(id="x", role=" ", goal="g")
     assert ToolRef(id="t").input_schema == {}
+
+
+async def test_resuming_a_run_whose_every_node_was_checkpointed_ends_with_a_completed_event() -> None:
+    f = flow([agent_node("a1"), agent_node("a2")], ["a1 -> a2"])
+    runtime = ScriptedRuntime()
+    result = await engine(runtime).run(f, {"topic": "t"}, resume=Resume(completed={"a1": "x", "a2": "y"}, last_seq=9))
+    assert result.status == RunStatus.COMPLETED
+    assert runtime.calls == []
+    assert [e.kind for e in result.events] == [EventKind.RUN_STARTED, EventKind.RUN_COMPLETED]
+    assert result.events[-1].data["outputs"] == {"a2": "y"}
+
+
+async def test_a_late_answer_from_a_timed_out_attempt_is_not_taken_for_the_retry() -> None:
+    """The first attempt ignores cancellation (like a worker thread) and answers after its retry began."""
+    release_first = asyncio.Event()
+
+    class Stubborn(ScriptedRuntime):
+        async def run_agent(self, work: AgentWork, emit: NodeEmitter) -> NodeOutcome:
+            if work.attempt == 1:
+                while not release_first.is_set():
+                    try:
+                        await release_first.wait()
+                    except asyncio.CancelledError:
+                        continue  # refuses to stop, as a thread blocked in a library call would
+                return NodeOutcome(output="stale answer of attempt 1")
+            release_first.set()  # the first attempt answers now, while this one is still working
+            await asyncio.sleep(0.01)
+            return NodeOutcome(output="answer of attempt 2")
+
+    f = flow([agent_node("x", timeout=0.2, retry={"max_attempts": 2, "initial_delay": 0.0, "jitter": 0})], [])
+    result = await engine(Stubborn()).run(f, {"topic": "t"})
+    assert result.ok
+    assert result.nodes["x"].attempts == 2
+    assert result.nodes["x"].output == "answer of attempt 2"

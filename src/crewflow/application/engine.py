@@ -167,7 +167,7 @@ class _Run:
             now = self.clock.now()
             self.record(scheduler.begin(now, self.flow.resolve_inputs(self.inputs)))
             if self.resume is not None:
-                scheduler.replay(self.resume.completed, now, self.resume.branches)
+                self.record(scheduler.replay(self.resume.completed, now, self.resume.branches))
             await self.flush()
             await self.advance()
             if not self.done.done():
@@ -281,24 +281,29 @@ class _Run:
 
     async def run_node(self, node: Node) -> None:
         scheduler = self.scheduler
+        attempt = scheduler.nodes[node.id].attempts
         try:
             if self.sinks:
                 await self.flush()  # the node's start is checkpointed before its work begins
             try:
-                outcome = await self.execute(node, scheduler.nodes[node.id].attempts)
+                outcome = await self.execute(node, attempt)
             except asyncio.CancelledError:
                 if scheduler.nodes[node.id].status == NodeStatus.RUNNING:
                     raise  # not interrupted by us: the whole run is being torn down
                 return
             except NodeExecutionError as exc:
-                self.record(scheduler.fail(node.id, str(exc), self.clock.now(), retryable=exc.retryable))
+                self.record(scheduler.fail(node.id, str(exc), self.clock.now(), retryable=exc.retryable,
+                                           attempt=attempt))
             except TemplateError as exc:
-                self.record(scheduler.fail(node.id, str(exc), self.clock.now(), retryable=False))
+                self.record(scheduler.fail(node.id, str(exc), self.clock.now(), retryable=False, attempt=attempt))
             except Exception as exc:  # a runtime bug or an unexpected library error: retry per policy
-                self.record(scheduler.fail(node.id, f"{type(exc).__name__}: {exc}", self.clock.now()))
+                self.record(scheduler.fail(node.id, f"{type(exc).__name__}: {exc}", self.clock.now(),
+                                           attempt=attempt))
             else:
-                self.outcomes[node.id] = outcome
-                self.record(scheduler.complete(node.id, outcome.output, self.clock.now()))
+                events = scheduler.complete(node.id, outcome.output, self.clock.now(), attempt=attempt)
+                if events:
+                    self.outcomes[node.id] = outcome
+                self.record(events)
             if self.sinks:
                 await self.flush()
         finally:

@@ -199,11 +199,12 @@ class Scheduler:
         self._running.add(node_id)
         return [self._event(EventKind.NODE_STARTED, now, node_id, {"attempt": state.attempts})]
 
-    def complete(self, node_id: str, output: Any, now: float,
-                 branches: Collection[str] | None = None) -> list[ExecutionEvent]:  # fmt: skip
-        """Record a node's result. For a router, ``branches`` are the children it chose."""
+    def complete(self, node_id: str, output: Any, now: float, branches: Collection[str] | None = None,
+                 *, attempt: int | None = None) -> list[ExecutionEvent]:  # fmt: skip
+        """Record a node's result. For a router, ``branches`` are the children it chose. With ``attempt``,
+        an answer from an earlier attempt (one that timed out while its retry already runs) is ignored."""
         state = self.nodes[node_id]
-        if state.status != NodeStatus.RUNNING:
+        if state.status != NodeStatus.RUNNING or (attempt is not None and attempt != state.attempts):
             return []  # a late answer from a node that was cancelled or timed out
         chosen: set[str] | None = None
         if self._spec[node_id].kind == NodeKind.ROUTER:
@@ -226,9 +227,10 @@ class Scheduler:
         self._maybe_finish(now, events)
         return events
 
-    def fail(self, node_id: str, error: str, now: float, *, retryable: bool = True) -> list[ExecutionEvent]:
+    def fail(self, node_id: str, error: str, now: float, *, retryable: bool = True,
+             attempt: int | None = None) -> list[ExecutionEvent]:  # fmt: skip
         state = self.nodes[node_id]
-        if state.status != NodeStatus.RUNNING:
+        if state.status != NodeStatus.RUNNING or (attempt is not None and attempt != state.attempts):
             return []
         self._stop_running(node_id)
         policy = self._spec[node_id].retry
@@ -301,8 +303,10 @@ class Scheduler:
         return events
 
     def replay(self, completed: Mapping[str, Any], now: float,
-               branches: Mapping[str, Collection[str]] | None = None) -> None:  # fmt: skip
-        """Restore checkpointed completions (resume after a crash) without emitting events again."""
+               branches: Mapping[str, Collection[str]] | None = None) -> list[ExecutionEvent]:  # fmt: skip
+        """Restore checkpointed completions (resume after a crash) without emitting their events again.
+        When the checkpoints complete the whole run, the run's terminal event is returned (it was lost with
+        the crash), otherwise nothing."""
         branches = branches or {}
         self._emit = False
         try:
@@ -318,6 +322,9 @@ class Scheduler:
                         progressed = True
         finally:
             self._emit = True
+        if self.status == RunStatus.COMPLETED:
+            return [self._event(EventKind.RUN_COMPLETED, now, None, {"outputs": self.final_outputs()})]
+        return []
 
     # -- internals ---------------------------------------------------------------------------------------
     def _event(self, kind: EventKind, now: float, node_id: str | None, data: Mapping[str, Any]) -> ExecutionEvent:
