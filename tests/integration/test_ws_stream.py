@@ -237,8 +237,12 @@ async def test_a_finished_run_is_replayed_whole_then_closed_normally(container: 
         async with connect(ws_url(base, execution_id, everything[-3]["seq"]),
                            additional_headers=bearer(token)) as ws:  # fmt: skip
             tail, tail_code = await read_until(ws)
-    assert code == tail_code == 1000
+        async with connect(ws_url(base, execution_id, everything[-1]["seq"] + 5),
+                           additional_headers=bearer(token)) as ws:  # fmt: skip
+            beyond, beyond_code = await read_until(ws)  # a last_seq past the end: closed at once, not left open
+    assert code == tail_code == beyond_code == 1000
     assert tail == everything[-2:]
+    assert beyond == []
 
 
 async def test_authentication_failures_close_with_4401(container: ApiContainer, gated: GatedRuntime) -> None:

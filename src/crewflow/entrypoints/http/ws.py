@@ -34,7 +34,7 @@ from litestar.handlers import send_websocket_stream
 from litestar.params import PathParameter, QueryParameter
 
 from crewflow.application.chats import chat_bus_key
-from crewflow.application.executions import get_execution, watch_execution
+from crewflow.application.executions import ExecutionDetails, get_execution, watch_execution
 from crewflow.domain.auth import Identity, Unauthenticated
 from crewflow.domain.errors import NotFound
 from crewflow.domain.events import ExecutionEvent
@@ -136,9 +136,18 @@ async def execution_events(
 ) -> None:
     """Stream an execution's events (replay after ``last_seq``, then live) until its terminal event."""
     container: ApiContainer = socket.app.state.container
-    identity = await _admit(socket, lambda who: get_execution(who.tenant_id, execution_id,
-                                                              uow_factory=container.uow_factory))
+    found: list[ExecutionDetails] = []
+
+    async def check(who: Identity) -> None:
+        found.append(await get_execution(who.tenant_id, execution_id, uow_factory=container.uow_factory))
+
+    identity = await _admit(socket, check)
     if identity is None:
+        return
+    execution = found[0].execution
+    if execution.status.is_terminal and last_seq >= execution.last_seq:  # nothing left to send, ever
+        with contextlib.suppress(WebSocketDisconnect):
+            await socket.close(code=1000, reason="execution finished")
         return
     events = watch_execution(identity.tenant_id, execution_id, last_seq, logstore=container.logstore,
                              bus=container.bus)  # fmt: skip
