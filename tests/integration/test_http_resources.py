@@ -476,7 +476,9 @@ async def any_backend(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIt
     if request.param == "postgres":
         database_url = str(request.getfixturevalue("postgres_url"))
         assert (await migrate(database_url)).ok
-    settings = Settings(data_dir=str(tmp_path), database_url=database_url, extra={"CREWFLOW_JWT_SECRET": "x" * 40})
+    # no spare-schema pool: its refill task would run on the test client's loop and be closed from this one
+    settings = Settings(data_dir=str(tmp_path), database_url=database_url, spare_schemas=0,
+                        extra={"CREWFLOW_JWT_SECRET": "x" * 40})  # fmt: skip
     built = await build_api_container(settings, bcrypt_rounds=4)
     built.limiter = Unlimited()
     yield built
