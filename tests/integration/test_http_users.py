@@ -29,7 +29,10 @@ async def client(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
     if request.param == "postgres":
         database_url = str(request.getfixturevalue("postgres_url"))
         assert (await migrate(database_url)).ok
-    settings = Settings(data_dir=str(tmp_path), database_url=database_url, extra={"CREWFLOW_JWT_SECRET": "x" * 40})
+    # no spare-schema pool: its refill task would live on this fixture's loop, while the app's shutdown closes
+    # the container from the test client's loop
+    settings = Settings(data_dir=str(tmp_path), database_url=database_url, spare_schemas=0,
+                        extra={"CREWFLOW_JWT_SECRET": "x" * 40})  # fmt: skip
     container: ApiContainer = await build_api_container(settings, bcrypt_rounds=4)
     async with AsyncTestClient(create_app(container)) as test_client:
         yield test_client
