@@ -25,7 +25,9 @@ from crewflow.adapters.runtime import ScriptedRuntime
 from crewflow.adapters.sql.checkpoints import CheckpointSink
 from crewflow.application.executions import ExecuteFlow, ExecutionRecorder, ExecutionRunner, execute_flow, get_execution
 from crewflow.bootstrap import ApiContainer, build_api_container
+from crewflow.domain.codec import flow_from_dict
 from crewflow.domain.execution import FlowRecord
+from crewflow.domain.flow import Flow
 from crewflow.domain.tenancy import Role, Tenant, User
 from crewflow.entrypoints.http import create_app
 from crewflow.ports.queue import RunExecution
@@ -326,3 +328,38 @@ async def test_a_run_whose_store_fails_midway_ends_failed_without_internals(cont
     assert details.execution.status == "failed"
     assert details.execution.error == "internal error while running the flow"
     assert [(e.seq, e.kind) for e in events] == [(2, "run.failed")]  # after the checkpointed run.started
+
+
+async def test_a_worker_resumes_an_interrupted_execution_from_its_checkpoints(tmp_path: Path) -> None:
+    runtime = ScriptedRuntime()
+    container = await _container(tmp_path, runtime)
+    try:
+        tenant, _ = await make_user(container)
+        await store_flow(container, tenant)
+        accepted = await execute_flow(ExecuteFlow(tenant, "two", inputs={"topic": "owls"}),
+                                      uow_factory=container.uow_factory, queue=container.queue,
+                                      clock=container.clock, ids=container.ids)  # fmt: skip
+        execution_id = accepted.execution_id
+        # a first worker ran the execution until 'research' completed, then died (its events stored, no end)
+        first = await container.engine.run(_two_steps(), {"topic": "owls"}, execution_id=execution_id)
+        cut = next(i for i, e in enumerate(first.events) if e.kind == "node.completed" and e.node_id == "research")
+        for sink in container.recorder.sinks(tenant):
+            await sink.publish(first.events[: cut + 1])
+        runtime.calls.clear()
+
+        await ExecutionRunner(container.uow_factory, container.engine, container.recorder)(
+            RunExecution(tenant, execution_id), asyncio.Event())
+
+        details = await get_execution(tenant, execution_id, uow_factory=container.uow_factory)
+        events = await container.logstore.for_tenant(tenant).events_after(execution_id)
+    finally:
+        await container.aclose()
+    assert [node for node, _ in runtime.calls] == ["write"]  # the completed node did not run again
+    assert details.execution.status == "completed"
+    assert details.execution.outputs == first.outputs
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))  # the log continues without a gap
+    assert events[-1].kind == "run.completed"
+
+
+def _two_steps() -> Flow:
+    return flow_from_dict(FLOW, flow_id="two")
