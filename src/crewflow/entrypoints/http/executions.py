@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ValidationException
 from litestar.params import BodyKwarg, HeaderParameter, PathParameter, QueryParameter
@@ -144,7 +145,9 @@ class FlowExecutionController(Controller):
     path = "/flows/{flow_id:str}"
     tags = ["executions"]
 
-    @post("/execute", guards=[require(Permission.FLOWS_EXECUTE)], status_code=HTTP_202_ACCEPTED)
+    @post("/execute", guards=[require(Permission.FLOWS_EXECUTE)], status_code=HTTP_202_ACCEPTED,
+          response_headers=[ResponseHeader(name="Location", documentation_only=True,
+                                           description="the execution: /api/v1/executions/{id}")])
     async def execute(self, request: Request[Identity, Any, Any], flow_id: FlowId,
                       data: Annotated[ExecuteIn | None, BodyKwarg(media_type=RequestEncodingType.JSON)] = None,
                       idempotency_key: IdempotencyKey = None) -> Response[ExecuteOut]:  # fmt: skip
