@@ -160,3 +160,20 @@ async def test_chats_are_invisible_to_other_tenants_and_viewers_cannot_post(cont
         assert unknown.status_code == both.status_code == 422
         history = (await client.get(f"/api/v1/chats/{chat_id}/messages", headers=auth(token))).json()
     assert [m["role"] for m in history["items"]] == ["system"]  # nothing was added by the refused requests
+
+
+async def test_a_chat_with_a_crew_gets_the_message_as_the_crews_input(container: ApiContainer) -> None:
+    _, token = await make_user(container)
+    async with serve(container) as client:
+        agent = {"id": "helper", "role": "Helper", "goal": "Help", "provider": "scripted"}
+        assert (await client.post("/api/v1/agents", json=agent, headers=auth(token))).status_code == 201
+        crew = {"id": "desk", "agents": ["helper"],
+                "tasks": [{"name": "answer", "description": "Answer: {message}", "agent": "helper"}]}  # fmt: skip
+        assert (await client.post("/api/v1/crews", json=crew, headers=auth(token))).status_code == 201, "crew"
+        chat_id = (await client.post("/api/v1/chats", json={"crew": "desk"}, headers=auth(token))).json()["id"]
+        async with connect(f"{ws_base(client)}/api/v1/ws/chats/{chat_id}", additional_headers=auth(token)) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            posted = await client.post(f"/api/v1/chats/{chat_id}/messages", json={"content": "why tides?"},
+                                       headers=auth(token))  # fmt: skip
+            frames = await frames_until_reply(ws, posted.json()["reply_id"])
+    assert frames[-1]["message"]["content"] == "[Helper] Answer: why tides?"
