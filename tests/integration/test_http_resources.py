@@ -538,6 +538,16 @@ async def test_hostile_inputs_get_4xx_problem_details_never_500(any_backend: Api
             response = await client.request(method, API + path, json=body, headers=admin)
             assert 400 <= response.status_code < 500, (method, path, response.status_code, response.text)
             assert response.headers["content-type"].startswith(PROBLEM)
+        for depth in (100, 5000):  # beyond the edge's limit; beyond the JSON decoder's
+            deep = "[" * depth + "]" * depth
+            bodies = [("/flows", '{"name": "x", "inputs": {"t": {"default": %s}}, "nodes": []}'),
+                      ("/flows/validate", '{"nodes": %s}'), ("/agents", '{"role": %s}'),
+                      ("/tools", '{"name": "t", "input_schema": {"x": %s}, "output_schema": {}}')]
+            for path, body in bodies:
+                response = await client.post(API + path, content=(body % deep).encode(),
+                                             headers={**admin, "content-type": "application/json"})  # fmt: skip
+                assert response.status_code in (400, 422), (path, depth, response.text)
+                assert response.headers["content-type"].startswith(PROBLEM)
         for route in ("agents", "crews", "flows", "providers", "tools"):
             for cursor in ("\x00", "%%%", "WyJhIiwiYiIsImMiXQ"):  # the last one decodes, to a list of 3 strings
                 response = await client.get(f"{API}/{route}", params={"cursor": cursor}, headers=admin)

@@ -18,7 +18,7 @@ from crewflow.domain.auth import Identity
 from crewflow.domain.execution import FlowRecord, FlowVersion
 from crewflow.domain.tenancy import Permission
 from crewflow.entrypoints.http.audit_routes import audit_request
-from crewflow.entrypoints.http.inputs import PathId, refuse_nul, valid_cursor
+from crewflow.entrypoints.http.inputs import PathId, check_json, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
@@ -123,7 +123,7 @@ class FlowController(Controller):
     @post("/", guards=[require(Permission.FLOWS_WRITE)])
     async def create_flow(self, request: Request[Identity, Any, Any], data: JSONBody[Document]) -> FlowOut:
         """Body: a flow document. 422 lists every problem, each naming its node or edge."""
-        refuse_nul(data)
+        check_json(data)
         container = request.app.state.container
         async with container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             record = await create_flow(uow, data, at=container.clock.now(), limits=container.engine.limits,
@@ -137,7 +137,7 @@ class FlowController(Controller):
     @post("/validate", guards=[require(Permission.FLOWS_WRITE)], status_code=HTTP_200_OK)
     async def validate_document(self, request: Request[Identity, Any, Any], data: JSONBody[Document]) -> ValidationOut:
         """Check an unsaved flow document; nothing is stored."""
-        refuse_nul(data)
+        check_json(data)
         container = request.app.state.container
         async with container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             return ValidationOut.of(await check_flow(uow, data, limits=container.engine.limits))
@@ -152,7 +152,7 @@ class FlowController(Controller):
     async def update_flow(self, request: Request[Identity, Any, Any], flow_id: FlowId,
                           data: JSONBody[FlowUpdate]) -> FlowOut:  # fmt: skip
         """Save a new version; 409 when ``expected_version`` is no longer the current one."""
-        refuse_nul(data.definition, "definition")
+        check_json(data.definition, "definition")
         container = request.app.state.container
         async with container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             record = await update_flow(uow, flow_id, data.definition, expected_version=data.expected_version,

@@ -14,12 +14,13 @@ from litestar.params import PathParameter
 from crewflow.domain.errors import Problem
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "NO_CONTROL_CHARS",
     "NO_NUL",
     "PathId",
+    "check_json",
     "invalid",
     "invalid_problems",
-    "refuse_nul",
     "refused_as_invalid",
     "valid_cursor",
 ]
@@ -27,6 +28,7 @@ __all__ = [
 T = TypeVar("T")
 # PostgreSQL refuses NUL in text and in jsonb: refused at the edge, a 422 rather than a database error.
 NO_NUL = r"^[^\x00]*$"
+MAX_JSON_DEPTH = 64
 NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
 # An object id in a path: anything an id can be, never a control character (404 when it names nothing).
 PathId = Annotated[str, PathParameter(pattern=r"^[^\x00-\x1f\x7f]{1,128}$")]
@@ -42,11 +44,14 @@ def invalid_problems(problems: Iterable[Problem]) -> ValidationException:
     return ValidationException(detail="the request is invalid", extra=errors)
 
 
-def refuse_nul(value: Any, field: str = "body") -> None:
-    """422 if a NUL character is anywhere in a JSON document (keys included)."""
-    stack: list[tuple[Any, str]] = [(value, field)]
+def check_json(value: Any, field: str = "body") -> None:
+    """422 if a JSON document nests deeper than ``MAX_JSON_DEPTH`` (storing and reading it back recurses) or
+    carries a NUL character anywhere, keys included."""
+    stack: list[tuple[Any, str, int]] = [(value, field, 0)]
     while stack:
-        item, where = stack.pop()
+        item, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise invalid(field, f"nests deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(item, str):
             if "\x00" in item:
                 raise invalid(where, "must not contain NUL characters")
@@ -54,9 +59,9 @@ def refuse_nul(value: Any, field: str = "body") -> None:
             for key, child in item.items():
                 if isinstance(key, str) and "\x00" in key:
                     raise invalid(where, "keys must not contain NUL characters")
-                stack.append((child, f"{where}.{key}"))
+                stack.append((child, f"{where}.{key}", depth + 1))
         elif isinstance(item, list):
-            stack.extend((child, f"{where}[{index}]") for index, child in enumerate(item))
+            stack.extend((child, f"{where}[{index}]", depth + 1) for index, child in enumerate(item))
 
 
 @contextmanager

@@ -54,6 +54,13 @@ def _http(exc: HTTPException) -> ProblemDetailsException:
     return _problem(status, _TITLES.get(status, "Error"), detail, headers=exc.headers)
 
 
+def _recursion(exc: RecursionError) -> ProblemDetailsException:
+    if "deserializing" in str(exc):  # msgspec refused a request body nested beyond its limit: the client's doing
+        return _problem(400, "Bad Request", "the request body nests too deeply")
+    log.error("http.unhandled", error_type="RecursionError", exc_info=exc)
+    return _problem(500, "Internal Server Error", "an unexpected error occurred")
+
+
 _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
            409: "Conflict", 413: "Content Too Large", 415: "Unsupported Media Type", 422: "Unprocessable Content",
            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}  # fmt: skip
@@ -72,6 +79,7 @@ MAPPING: dict[type[Exception], Callable[[Any], ProblemDetailsException]] = {
         "errors": [{"field": "current_password", "message": str(e), "source": "body"}]}),
     ValidationException: _validation,
     HTTPException: _http,
+    RecursionError: _recursion,
 }
 
 

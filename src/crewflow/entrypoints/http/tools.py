@@ -16,7 +16,7 @@ from crewflow.domain.execution import ToolRecord
 from crewflow.domain.tenancy import Permission
 from crewflow.entrypoints.http.agents import ID_PATTERN, LongText
 from crewflow.entrypoints.http.audit_routes import audit_request
-from crewflow.entrypoints.http.inputs import NO_NUL, PathId, invalid, refuse_nul, valid_cursor
+from crewflow.entrypoints.http.inputs import NO_NUL, PathId, check_json, invalid, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
@@ -75,7 +75,7 @@ def _check_schema(field: str, schema: dict[str, Any]) -> None:
     """422 unless ``schema`` is a valid JSON Schema (by the metaschema of its ``$schema``, default 2020-12)."""
     import jsonschema
 
-    refuse_nul(schema, field)
+    check_json(schema, field)
     if not isinstance(schema.get("$schema", ""), str):
         raise invalid(f"{field}/$schema", "must be a URI naming a JSON Schema dialect")
     try:
