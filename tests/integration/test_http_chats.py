@@ -177,3 +177,23 @@ async def test_a_chat_with_a_crew_gets_the_message_as_the_crews_input(container:
                                        headers=auth(token))  # fmt: skip
             frames = await frames_until_reply(ws, posted.json()["reply_id"])
     assert frames[-1]["message"]["content"] == "[Helper] Answer: why tides?"
+
+
+async def test_a_reply_that_cannot_be_made_is_announced_as_failed(container: ApiContainer) -> None:
+    _, token = await make_user(container)
+    async with serve(container) as client:
+        chat_id = await open_chat(client, token)
+        assert (await client.delete("/api/v1/agents/helper", headers=auth(token))).status_code == 204
+        async with connect(f"{ws_base(client)}/api/v1/ws/chats/{chat_id}", additional_headers=auth(token)) as ws:
+            assert json.loads(await ws.recv())["type"] == "ready"
+            posted = await client.post(f"/api/v1/chats/{chat_id}/messages", json={"content": "still there?"},
+                                       headers=auth(token))  # fmt: skip
+            reply_id = posted.json()["reply_id"]
+            frames = []
+            while not frames or frames[-1]["type"] != "reply.failed":
+                frames.append(json.loads(await ws.recv()))
+        history = (await client.get(f"/api/v1/chats/{chat_id}/messages", headers=auth(token))).json()
+    failed = frames[-1]
+    assert (failed["reply_id"], failed["in_reply_to"]) == (reply_id, posted.json()["message"]["id"])
+    assert failed["error"] == "agent 'helper' not found"
+    assert [m["role"] for m in history["items"]] == ["system", "user"]

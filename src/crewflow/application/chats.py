@@ -165,6 +165,11 @@ class ChatService:
                 await self._frame(tenant_id, chat.id, EventKind.NODE_FAILED, reply_id,
                                   {"type": "reply.failed", "in_reply_to": message.id, "error": str(exc)})  # fmt: skip
                 return
+            except Exception:  # a runtime bug: the log keeps the details, the client is told it failed
+                log.exception("chat.reply_crashed", tenant_id=tenant_id, chat_id=chat.id)
+                await self._frame(tenant_id, chat.id, EventKind.NODE_FAILED, reply_id,
+                                  {"type": "reply.failed", "in_reply_to": message.id, "error": "internal error"})
+                return
             reply = ChatMessageRecord(reply_id, chat.id, "assistant", str(outcome.output),
                                       self._now(tenant_id, chat.id),
                                       {"in_reply_to": message.id, "input_tokens": outcome.input_tokens,
