@@ -43,6 +43,7 @@ from typing import Any, TextIO
 
 from crewflow.adapters.system import SystemClock, UuidGenerator
 from crewflow.application.engine import Engine
+from crewflow.application.results import RunResult
 from crewflow.domain.agents import Agent
 from crewflow.domain.flow import Edge, Flow, FlowLimits, Node, NodeKind
 from crewflow.domain.graph import Graph
@@ -180,10 +181,11 @@ def crewflow_engine(runtime: Any) -> Engine:
     return Engine(runtime, clock=SystemClock(), ids=UuidGenerator(), limits=LIMITS)
 
 
-async def crewflow_run(engine: Engine, flow: Flow, graph: Graph | None, max_parallel: int) -> None:
+async def crewflow_run(engine: Engine, flow: Flow, graph: Graph | None, max_parallel: int) -> RunResult:
     result = await engine.run(flow, {}, graph=graph, max_parallel=max_parallel)
     if result.status != RunStatus.COMPLETED or any(n.status != NodeStatus.COMPLETED for n in result.nodes.values()):
         raise RuntimeError(f"crewflow run did not complete: {result.status} {result.error}")
+    return result
 
 
 FLOOR = "floor: asyncio + graphlib"
@@ -362,6 +364,7 @@ class Makespan:
     critical: float
     makespan: float
     floor: float  # the floor's makespan on the same DAG
+    measured_ratio: float  # makespan / critical path of the node durations the run measured
 
     @property
     def ratio(self) -> float:
@@ -381,16 +384,21 @@ async def measure_makespan(seed: int, layers: int, max_width: int, time_scale: f
     graph = ensure_valid(flow, LIMITS)
     engine = crewflow_engine(SleepRuntime(sleeps))
     ours: list[float] = []
+    measured: list[float] = []
     floor: list[float] = []
     for _ in range(repeats):
         begin = time.perf_counter()
-        await crewflow_run(engine, flow, graph, max(8, shape.size))
+        result = await crewflow_run(engine, flow, graph, max(8, shape.size))
         ours.append(time.perf_counter() - begin)
+        # the node durations as the run saw them (start to completion, so sleep overshoot included): what is
+        # left of the makespan beyond their critical path is the time the engine took between nodes
+        took = {n: (r.finished_at or 0.0) - (r.started_at or 0.0) for n, r in result.nodes.items()}
+        measured.append(ours[-1] / graph.critical_path_length(took))
         begin = time.perf_counter()
         await floor_run(shape, sleeps)
         floor.append(time.perf_counter() - begin)
     critical = graph.critical_path_length(dict(sleeps))
-    return Makespan(shape, critical, statistics.median(ours), statistics.median(floor))
+    return Makespan(shape, critical, statistics.median(ours), statistics.median(floor), statistics.median(measured))
 
 
 # -- main --------------------------------------------------------------------------------------------------
@@ -499,16 +507,20 @@ async def main(argv: list[str] | None = None) -> int:
     spans = [await measure_makespan(seed, plan.makespan_layers, plan.makespan_width, repeats=plan.makespan_repeats)
              for seed in range(plan.makespan_seeds)]  # fmt: skip
     print("| DAG of sleeping nodes (20-80 ms) | nodes | edges | critical path ms | crewflow makespan ms | ratio "
-          "| floor makespan ms | floor ratio |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| ratio to measured durations | floor makespan ms | floor ratio |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for span in spans:
         print(f"| {span.shape.name} | {span.shape.size} | {len(span.shape.edges)} | {span.critical * 1e3:.1f} | "
-              f"{span.makespan * 1e3:.1f} | {span.ratio:.4f} | {span.floor * 1e3:.1f} | "
+              f"{span.makespan * 1e3:.1f} | {span.ratio:.4f} | {span.measured_ratio:.4f} | {span.floor * 1e3:.1f} | "
               f"{span.floor_ratio:.4f} |")  # fmt: skip
     worst = max(s.ratio for s in spans)
-    floor_ratios = [s.floor_ratio for s in spans]
-    print(f"| median / worst | | | | | {statistics.median(s.ratio for s in spans):.4f} / {worst:.4f} | | "
-          f"{statistics.median(floor_ratios):.4f} / {max(floor_ratios):.4f} |")  # fmt: skip
+    worst_measured = max(s.measured_ratio for s in spans)
+
+    def summary(values: list[float]) -> str:
+        return f"{statistics.median(values):.4f} / {max(values):.4f}"
+
+    print(f"| median / worst | | | | | {summary([s.ratio for s in spans])} | "
+          f"{summary([s.measured_ratio for s in spans])} | | {summary([s.floor_ratio for s in spans])} |")  # fmt: skip
 
     print()
     run_wall, run_cpu = [c.wall[RUN] for c in cores], [c.cpu[RUN] for c in cores]
@@ -519,7 +531,8 @@ async def main(argv: list[str] | None = None) -> int:
         best_cpu = [min(c.cpu[LG_ASYNC], c.cpu[LG_SYNC]) / c.cpu[RUN] for c in cores]
         print(f"target >= 5x faster than LangGraph's faster mode (wall): chain {best[0]:.1f}x, fan-out {best[1]:.1f}x "
               f"({verdict(min(best) >= 5)}); CPU time: {best_cpu[0]:.1f}x, {best_cpu[1]:.1f}x")  # fmt: skip
-    print(f"target makespan / critical path <= 1.02: worst {worst:.4f} ({verdict(worst <= 1.02)})")
+    print(f"target makespan / critical path <= 1.02: worst {worst:.4f} ({verdict(worst <= 1.02)}); against the "
+          f"critical path of the measured node durations: worst {worst_measured:.4f}")  # fmt: skip
     return 0
 
 

@@ -64,3 +64,4 @@ async def test_makespan_of_sleeping_nodes(bench: ModuleType) -> None:
     assert span.makespan > 0
     assert span.floor > 0
     assert span.makespan >= span.critical * 0.99  # sleeping nodes on the critical path cannot overlap
+    assert span.measured_ratio > 0
