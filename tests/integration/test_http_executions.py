@@ -363,3 +363,16 @@ async def test_a_worker_resumes_an_interrupted_execution_from_its_checkpoints(tm
 
 def _two_steps() -> Flow:
     return flow_from_dict(FLOW, flow_id="two")
+
+
+async def test_concurrent_requests_with_one_idempotency_key_start_one_run(container: ApiContainer) -> None:
+    tenant, token = await make_user(container)
+    await store_flow(container, tenant)
+    async with serve(container) as client:
+        responses = await asyncio.gather(*(execute(client, token, **{"Idempotency-Key": "same"}) for _ in range(6)))
+        assert {r.status_code for r in responses} == {202}, [r.text for r in responses]
+        ids = {r.json()["execution_id"] for r in responses}
+        assert len(ids) == 1
+        await wait_until(client, token, ids.pop(), TERMINAL)
+        listed = (await client.get("/api/v1/flows/two/executions", headers=auth(token))).json()
+    assert len(listed["items"]) == 1
