@@ -7,6 +7,7 @@ agents are ``scripted`` (offline)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from crewflow.domain.tenancy import Role, Tenant, User
 from crewflow.entrypoints.http import create_app
 from crewflow.ports.queue import RunExecution
 from crewflow.settings import Settings
+from crewflow.testing.llm_server import Fault, LLMTestServer
 
 pytestmark = pytest.mark.integration
 
@@ -376,3 +378,52 @@ async def test_concurrent_requests_with_one_idempotency_key_start_one_run(contai
         await wait_until(client, token, ids.pop(), TERMINAL)
         listed = (await client.get("/api/v1/flows/two/executions", headers=auth(token))).json()
     assert len(listed["items"]) == 1
+
+
+PRIMARY_KEY = "sk-primary-SECRET-4e1f0a9b7c"
+BACKUP_KEY = "sk-backup-SECRET-9d8c7b6a5f"
+
+
+async def test_an_agent_on_the_tenants_llm_providers_runs_through_the_gateway_and_fails_over(
+    container: ApiContainer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # CrewAI's own files, offline
+    monkeypatch.setenv("CREWAI_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-dummy-not-used")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    _, token = await make_user(container)
+    async with LLMTestServer(api_key=None) as llm, serve(container) as client:
+        llm.provider("primary").api_key = PRIMARY_KEY
+        llm.provider("backup").api_key = BACKUP_KEY
+        llm.provider("primary").fail(Fault.server_error(500, times=None))
+        llm.provider("backup").script("Final Answer: tide mills grind grain")
+        for name, key, priority in (("primary", PRIMARY_KEY, 1), ("backup", BACKUP_KEY, 2)):
+            created = await client.post("/api/v1/providers", headers=auth(token), json={
+                "name": name, "kind": "openai", "model": f"{name}-model", "api_key": key,
+                "base_url": llm.openai_base_url(name), "priority": priority,
+                "price_input_per_1k": 0.01, "price_output_per_1k": 0.03})  # fmt: skip
+            assert created.status_code == 201, created.text
+        agent = {"id": "researcher", "role": "Researcher", "goal": "Find facts"}  # no provider: the tenant's chain
+        assert (await client.post("/api/v1/agents", json=agent, headers=auth(token))).status_code == 201
+        flow = {"id": "ask", "nodes": [{"id": "in", "kind": "input"},
+                                       {"id": "q", "kind": "agent", "agent": "researcher", "task": "Tide mills?"},
+                                       {"id": "out", "kind": "output", "value": "{{ nodes.q.output }}"}],
+                "edges": ["in -> q", "q -> out"]}  # fmt: skip
+        assert (await client.post("/api/v1/flows", json=flow, headers=auth(token))).status_code == 201
+        execution_id = (await execute(client, token, {}, flow_id="ask")).json()["execution_id"]
+        done = await wait_until(client, token, execution_id, TERMINAL)
+        logs = (await client.get(f"/api/v1/executions/{execution_id}/logs", params={"limit": 100},
+                                 headers=auth(token))).json()  # fmt: skip
+    assert done["status"] == "completed", done["error"]
+    assert done["outputs"] == {"out": "tide mills grind grain"}
+    attempts = [(e["data"].get("provider"), e["data"].get("outcome"))
+                for e in logs["items"] if e["kind"] == "llm.attempt"]  # fmt: skip
+    assert ("backup", "success") in attempts
+    assert any(provider == "primary" and outcome != "success" for provider, outcome in attempts)
+    q = next(n for n in done["nodes"] if n["node_id"] == "q")
+    assert q["input_tokens"] > 0
+    assert q["cost"] > 0
+    text = json.dumps([done, logs])
+    assert PRIMARY_KEY not in text
+    assert BACKUP_KEY not in text
