@@ -554,16 +554,7 @@ async def test_hostile_inputs_get_4xx_problem_details_never_500(any_backend: Api
                 assert response.status_code == 422, (route, cursor, response.text)
 
 
-@pytest.fixture
-def postgres_xfail(request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.params.get("any_backend") == "postgres":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "crewflow.adapters.sql.repositories._decode_cursor lets a NUL inside a well-formed cursor reach "
-            "PostgreSQL, which refuses it (500); the adapter should refuse it as an invalid cursor")))
-
-
-async def test_a_well_formed_cursor_carrying_a_nul_is_not_a_server_error(any_backend: ApiContainer,
-                                                                         postgres_xfail: None) -> None:  # fmt: skip
+async def test_a_well_formed_cursor_carrying_a_nul_is_not_a_server_error(any_backend: ApiContainer) -> None:
     forged = base64.urlsafe_b64encode(json.dumps(["\x00"]).encode()).decode().rstrip("=")
     async with AsyncTestClient(create_app(any_backend)) as client:
         admin = await register_admin(client)

@@ -123,6 +123,8 @@ def _decode_cursor(cursor: str, columns: Sequence[sa.ColumnElement[Any]]) -> lis
         # a value of the column's own type only: a crafted cursor must not reach the database as a type error
         if isinstance(value, bool) or not isinstance(value, expected):
             raise ValueError("invalid cursor")
+        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL: refuse, not 500
+            raise ValueError("invalid cursor")
         values.append(value)
     return values
 
