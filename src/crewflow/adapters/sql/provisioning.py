@@ -268,9 +268,13 @@ class PostgresProvisioner:
     async def aclose(self) -> None:
         task, self._refill_task = self._refill_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            loop = task.get_loop()
+            if loop is asyncio.get_running_loop():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            elif not loop.is_closed():  # started on another loop (e.g. a server's start-up loop): stop it there
+                loop.call_soon_threadsafe(task.cancel)
         if self._owns_engine:
             await self.engine.dispose()
 
