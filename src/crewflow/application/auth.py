@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -39,6 +40,7 @@ __all__ = [
     "Registered",
     "RequestMeta",
     "WrongPassword",
+    "address_bucket",
     "change_password",
     "change_user",
     "current_user",
@@ -79,6 +81,20 @@ def password_problem(password: str) -> str | None:
     if "\x00" in password:
         return "must not contain NUL characters"
     return None
+
+
+def address_bucket(addr: str) -> str:
+    """The unit a client address is throttled by: the address itself for IPv4, its /64 for IPv6 (one
+    subscriber usually holds a whole /64, and would otherwise get a fresh budget per address)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def user_changed_marker(user_id: str) -> str:
@@ -235,7 +251,8 @@ async def login(cmd: LoginAttempt, ports: AuthPorts, meta: RequestMeta,
     ``Unauthenticated``; attempts beyond ``throttle`` are ``RateLimited`` before any verification."""
     email = _normalize(cmd.email)
     if meta.client_addr:
-        await _throttle(ports, f"login:addr:{meta.client_addr}", throttle.per_address, throttle.window)
+        await _throttle(ports, f"login:addr:{address_bucket(meta.client_addr)}", throttle.per_address,
+                        throttle.window)  # fmt: skip
     await _throttle(ports, f"login:account:{_email_digest(email)}", throttle.per_account, throttle.window)
     user: User | None
     try:

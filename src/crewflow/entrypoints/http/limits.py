@@ -24,7 +24,7 @@ from litestar.exceptions import ValidationException
 from litestar.middleware import ASGIMiddleware
 from structlog.contextvars import bound_contextvars
 
-from crewflow.application.auth import RequestMeta
+from crewflow.application.auth import RequestMeta, address_bucket
 from crewflow.domain.auth import Identity, RateLimited
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class RateLimitMiddleware(ASGIMiddleware):
             await _hit(container, f"rl:tenant:{user.tenant_id}", limits.per_tenant, limits.window)
         elif scope["path"] in limits.auth_paths:
             client = scope.get("client")
-            address = client[0] if client else "unknown"
+            address = address_bucket(client[0]) if client else "unknown"
             await _hit(container, f"rl:auth:{address}", limits.auth_per_address, limits.window)
         await next_app(scope, receive, send)
 
