@@ -427,3 +427,11 @@ async def test_an_agent_on_the_tenants_llm_providers_runs_through_the_gateway_an
     text = json.dumps([done, logs])
     assert PRIMARY_KEY not in text
     assert BACKUP_KEY not in text
+
+
+async def test_an_idempotency_key_longer_than_200_characters_is_422(container: ApiContainer) -> None:
+    tenant, token = await make_user(container)
+    await store_flow(container, tenant)
+    async with serve(container) as client:
+        assert (await execute(client, token, **{"Idempotency-Key": "k" * 200})).status_code == 202
+        assert (await execute(client, token, **{"Idempotency-Key": "k" * 201})).status_code == 422

@@ -120,9 +120,10 @@ async def _replayed(uow: UnitOfWork, key: str, request_hash: str) -> Accepted | 
     previous = await uow.idempotency.find(key)
     if previous is None:
         return None
-    if previous.request_hash != request_hash or previous.response is None:
+    execution_id = (previous.response or {}).get("execution_id")
+    if previous.request_hash != request_hash or not isinstance(execution_id, str):
         raise Conflict("this Idempotency-Key was already used with a different request")
-    return Accepted(str(previous.response["execution_id"]), replayed=True)
+    return Accepted(execution_id, replayed=True)
 
 
 async def execute_flow(cmd: ExecuteFlow, *, uow_factory: UnitOfWorkFactory, queue: JobQueue, clock: Clock,
@@ -131,7 +132,7 @@ async def execute_flow(cmd: ExecuteFlow, *, uow_factory: UnitOfWorkFactory, queu
     ``pending`` (with the idempotency record, in the same transaction), then enqueue it. The same key with
     the same request answers the first execution's id; with a different request, ``Conflict``."""
     request_hash = _request_hash(cmd)
-    key = cmd.idempotency_key
+    key = None if cmd.idempotency_key is None else f"execute:{cmd.idempotency_key}"  # keys of other routes differ
     accepted: Accepted | None = None
     for attempt in range(2):
         try:

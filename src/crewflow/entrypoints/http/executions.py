@@ -36,7 +36,7 @@ __all__ = ["ExecuteIn", "ExecutionController", "ExecutionOut", "FlowExecutionCon
 
 FlowId = Annotated[str, PathParameter(description="the flow's id", max_length=128)]
 ExecutionId = Annotated[str, PathParameter(description="the execution's id", max_length=128)]
-IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=255,
+IdempotencyKey = Annotated[str | None, HeaderParameter(name="Idempotency-Key", min_length=1, max_length=200,
                                                        description="the same key and body start one run only")]
 Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
