@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from crewflow.adapters.runtime import ScriptedRuntime
 from crewflow.adapters.sql.checkpoints import CheckpointSink
+from crewflow.adapters.sql.migrate import migrate
 from crewflow.application.executions import ExecuteFlow, ExecutionRecorder, ExecutionRunner, execute_flow, get_execution
 from crewflow.bootstrap import ApiContainer, build_api_container
 from crewflow.domain.codec import flow_from_dict
@@ -52,14 +53,20 @@ FLOW: dict[str, Any] = {
 TERMINAL = {"completed", "failed", "cancelled"}
 
 
-async def _container(tmp_path: Path, runtime: ScriptedRuntime | None = None) -> ApiContainer:
-    settings = Settings(data_dir=str(tmp_path), extra={"CREWFLOW_JWT_SECRET": "x" * 40})
+async def _container(tmp_path: Path, runtime: ScriptedRuntime | None = None,
+                     database_url: str | None = None) -> ApiContainer:  # fmt: skip
+    if database_url is not None:
+        assert (await migrate(database_url)).ok
+    settings = Settings(data_dir=str(tmp_path), database_url=database_url,
+                        extra={"CREWFLOW_JWT_SECRET": "x" * 40})  # fmt: skip
     return await build_api_container(settings, bcrypt_rounds=4, runtime=runtime)
 
 
-@pytest.fixture
-async def container(tmp_path: Path) -> AsyncIterator[ApiContainer]:
-    built = await _container(tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+async def container(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ApiContainer]:
+    """The API on the embedded SQLite file, and on PostgreSQL (schema per tenant)."""
+    url = str(request.getfixturevalue("postgres_url")) if request.param == "postgres" else None
+    built = await _container(tmp_path, database_url=url)
     yield built
     await built.aclose()
 
