@@ -25,6 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from crewflow.adapters.runtime import ScriptedRuntime
+from crewflow.adapters.sql.migrate import migrate
 from crewflow.bootstrap import ApiContainer, build_api_container
 from crewflow.domain.execution import FlowRecord
 from crewflow.domain.tenancy import Role, Tenant, User
@@ -76,9 +77,13 @@ def gated() -> GatedRuntime:
     return GatedRuntime()
 
 
-@pytest.fixture
-async def container(tmp_path: Path, gated: GatedRuntime) -> AsyncIterator[ApiContainer]:
-    settings = Settings(data_dir=str(tmp_path), extra={"CREWFLOW_JWT_SECRET": "x" * 40})
+@pytest.fixture(params=["sqlite", "postgres"])
+async def container(request: pytest.FixtureRequest, tmp_path: Path, gated: GatedRuntime) -> AsyncIterator[ApiContainer]:
+    """The API on the embedded SQLite file, and on PostgreSQL (the replay log in its tenant schema)."""
+    url = str(request.getfixturevalue("postgres_url")) if request.param == "postgres" else None
+    if url is not None:
+        assert (await migrate(url)).ok
+    settings = Settings(data_dir=str(tmp_path), database_url=url, extra={"CREWFLOW_JWT_SECRET": "x" * 40})
     built = await build_api_container(settings, bcrypt_rounds=4, runtime=gated)
     yield built
     await built.aclose()
