@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from crewflow.adapters.runtime import ScriptedRuntime
+from crewflow.adapters.sql.migrate import migrate
 from crewflow.bootstrap import ApiContainer, build_api_container
 from crewflow.domain.tenancy import Role, Tenant, User
 from crewflow.entrypoints.http import create_app
@@ -29,9 +30,13 @@ from crewflow.settings import Settings
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def container(tmp_path: Path) -> AsyncIterator[ApiContainer]:
-    settings = Settings(data_dir=str(tmp_path), extra={"CREWFLOW_JWT_SECRET": "x" * 40})
+@pytest.fixture(params=["sqlite", "postgres"])
+async def container(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ApiContainer]:
+    """The API on the embedded SQLite file, and on PostgreSQL (chat messages in the tenant's schema)."""
+    url = str(request.getfixturevalue("postgres_url")) if request.param == "postgres" else None
+    if url is not None:
+        assert (await migrate(url)).ok
+    settings = Settings(data_dir=str(tmp_path), database_url=url, extra={"CREWFLOW_JWT_SECRET": "x" * 40})
     built = await build_api_container(settings, bcrypt_rounds=4, runtime=ScriptedRuntime(stream=True))
     yield built
     await built.aclose()
