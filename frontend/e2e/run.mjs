@@ -224,12 +224,23 @@ try {
     }
     const row = await page.locator('[data-testid=provider-primary]').innerText();
     if (row.includes('sk-test-1234567890abcd')) throw new Error('the provider key is shown');
-    await page.waitForLoadState('networkidle');
-    await page.locator('[data-testid=provider-backup]').dragTo(page.locator('[data-testid=provider-primary]'));
-    await page.waitForFunction(() => document.querySelector('[data-testid=providers-table] tbody tr')?.getAttribute('data-testid') === 'provider-backup');
-    await page.waitForFunction(async () => (await (await fetch('/api/v1/providers', { credentials: 'include' })).json()).items.map((p) => p.name).join() === 'backup,primary', null, { polling: 250 });
+    // Drag the second row onto the first (providers of equal priority come in the server's order), moving
+    // the mouse the way a person does; the UI and the server then both list them the other way round.
+    const rowOrder = () => page.evaluate(() => [...document.querySelectorAll('[data-testid=providers-table] tbody tr')].map((r) => r.getAttribute('data-testid').replace('provider-', '')).join());
+    const before = (await rowOrder()).split(',');
+    const after = [before[1], before[0]].join();
+    const from = await page.locator(`[data-testid=provider-${before[1]}] td`).nth(2).boundingBox();
+    const to = await page.locator(`[data-testid=provider-${before[0]}] td`).nth(2).boundingBox();
+    await page.mouse.move(from.x + from.width / 2, from.y + from.height / 2);
+    await page.mouse.down();
+    await page.mouse.move(from.x + from.width / 2 + 5, from.y + from.height / 2 - 5, { steps: 3 });
+    await page.mouse.move(to.x + to.width / 2, to.y + to.height / 2, { steps: 10 });
+    await page.mouse.up();
+    await page.waitForFunction(async (want) => (await (await fetch('/api/v1/providers', { credentials: 'include' })).json()).items.map((p) => p.name).join() === want, after, { polling: 250 });
+    if ((await rowOrder()) !== after) throw new Error(`the table shows ${await rowOrder()}, not ${after}`);
     await page.reload();
-    await page.waitForFunction(() => document.querySelector('[data-testid=providers-table] tbody tr')?.getAttribute('data-testid') === 'provider-backup');
+    await page.waitForSelector('[data-testid=providers-table] tbody tr');
+    if ((await rowOrder()) !== after) throw new Error(`after a reload the table shows ${await rowOrder()}, not ${after}`);
     await page.screenshot({ path: join(ARTIFACTS, 'providers.png') });
     // leave no real provider in the way of the offline agent (its provider is 'scripted' anyway)
   });
@@ -239,6 +250,21 @@ try {
     await page.waitForSelector('[data-testid=executions-table] [data-status=completed]');
   });
 
+
+  await step('import the example flow and run it', async () => {
+    await page.click('a:has-text("Flows")');
+    await page.click('button:has-text("Import…")');
+    await page.click('button:has-text("Use the example")');
+    await page.click('[data-testid=import-form] button:has-text("Import")');
+    await page.waitForSelector('[data-testid=node-article]');
+    const problems = await page.locator('[data-testid=canvas] [data-problems]:not([data-problems="0"])').count();
+    if (problems) throw new Error(`${problems} node(s) with problems after import`);
+    await page.click('[data-testid=run]');
+    await page.click('[data-testid=start-run]');
+    await page.waitForSelector('[data-testid=run-status][data-status=completed]', { timeout: 60_000 });
+    const out = await page.locator('[data-testid=run-outputs]').innerText();
+    if (!out.includes('tide mills')) throw new Error(`outputs: ${out}`);
+  });
 
   await step('a viewer sees no edit or run controls, and the API refuses an edit', async () => {
     const status = await page.evaluate(async (v) => {

@@ -82,7 +82,7 @@ export function RegisterPage() {
     <Card title="Register your team">
       <form onSubmit={submit} className="space-y-3">
         <Field label="Team name"><input name="tenant_name" className={inputCls} value={tenantName} onChange={(e) => { setTenantName(e.target.value); if (!slugTouched) setSlug(slugOf(e.target.value)); }} required /></Field>
-        <Field label="Slug" hint="lower-case letters, digits and dashes"><input name="slug" className={inputCls} value={slug} onChange={(e) => { setSlug(e.target.value); setSlugTouched(true); }} required pattern="[a-z0-9](?:[a-z0-9-]{0,46}[a-z0-9])?" /></Field>
+        <Field label="Slug" hint="lower-case letters, digits and dashes"><input name="slug" className={inputCls} value={slug} onChange={(e) => { setSlug(e.target.value); setSlugTouched(true); }} required pattern="[a-z0-9](?:[a-z0-9\-]{0,46}[a-z0-9])?" /></Field>
         <Field label="Admin e-mail"><input name="email" type="email" autoComplete="username" className={inputCls} value={email} onChange={(e) => setEmail(e.target.value)} required /></Field>
         <Field label="Password" hint="at least 12 characters"><input name="password" type="password" autoComplete="new-password" minLength={12} className={inputCls} value={password} onChange={(e) => setPassword(e.target.value)} required /></Field>
         <ErrorBox error={error} />

@@ -1,8 +1,10 @@
-import { Link } from 'react-router-dom';
+import { useState } from 'react';
+import { Link, useNavigate } from 'react-router-dom';
 import { useInfiniteQuery, useMutation, useQueryClient } from '@tanstack/react-query';
 import { flows } from '../api/resources';
 import { useSession } from '../auth';
-import { ErrorBox, Page, btnDanger, btnPrimary, btnSecondary, when } from '../components/ui';
+import { ErrorBox, Page, btnDanger, btnPrimary, btnSecondary, inputCls, when } from '../components/ui';
+import { EXAMPLE_FLOW, parseFlowText } from '../lib/importDoc';
 
 export function FlowsPage() {
   const { can } = useSession();
@@ -15,9 +17,16 @@ export function FlowsPage() {
   });
   const remove = useMutation({ mutationFn: (id: string) => flows.remove(id), onSuccess: () => qc.invalidateQueries({ queryKey: ['flows'] }) });
   const items = list.data?.pages.flatMap((p) => p.items) ?? [];
+  const [importing, setImporting] = useState(false);
   return (
-    <Page title="Flows" actions={can.editFlows && <Link to="/flows/new" className={btnPrimary}>New flow</Link>}>
+    <Page title="Flows" actions={can.editFlows && (
+      <>
+        <button className={btnSecondary} onClick={() => setImporting(true)}>Import…</button>
+        <Link to="/flows/new" className={btnPrimary}>New flow</Link>
+      </>
+    )}>
       <ErrorBox error={list.error ?? remove.error} />
+      {importing && <ImportForm onDone={() => setImporting(false)} />}
       <table className="w-full border-collapse bg-white text-sm" data-testid="flows-table">
         <thead><tr className="border-b text-left text-slate-600"><th className="p-2">Name</th><th className="p-2">Id</th><th className="p-2">Version</th><th className="p-2">Updated</th><th className="p-2" /></tr></thead>
         <tbody>
@@ -38,5 +47,34 @@ export function FlowsPage() {
       </table>
       {list.hasNextPage && <button className={`${btnSecondary} mt-3`} onClick={() => list.fetchNextPage()}>Load more</button>}
     </Page>
+  );
+}
+
+function ImportForm({ onDone }: { onDone: () => void }) {
+  const [text, setText] = useState('');
+  const qc = useQueryClient();
+  const navigate = useNavigate();
+  const save = useMutation({
+    mutationFn: () => flows.create(parseFlowText(text)),
+    onSuccess: (out) => {
+      qc.invalidateQueries({ queryKey: ['flows'] });
+      navigate(`/flows/${encodeURIComponent(out.id)}`);
+    },
+  });
+  const load = async (file: File | undefined) => { if (file) setText(await file.text()); };
+  return (
+    <div className="mb-4 space-y-2 rounded border border-slate-200 bg-white p-4" data-testid="import-form">
+      <h2 className="font-semibold">Import a flow document (YAML or JSON)</h2>
+      <div className="flex items-center gap-3 text-sm">
+        <input type="file" accept=".yaml,.yml,.json" onChange={(e) => load(e.target.files?.[0])} />
+        <button className={btnSecondary} onClick={() => setText(EXAMPLE_FLOW)}>Use the example</button>
+      </div>
+      <textarea name="document" className={`${inputCls} font-mono`} rows={12} value={text} onChange={(e) => setText(e.target.value)} placeholder="name: My flow&#10;nodes: [...]&#10;edges: [...]" />
+      <ErrorBox error={save.error} />
+      <div className="flex gap-2">
+        <button className={btnPrimary} disabled={!text.trim() || save.isPending} onClick={() => save.mutate()}>Import</button>
+        <button className={btnSecondary} onClick={onDone}>Cancel</button>
+      </div>
+    </div>
   );
 }

@@ -1,4 +1,4 @@
-import { useEffect, useState, type FormEvent } from 'react';
+import { useEffect, useState, type DragEvent, type FormEvent } from 'react';
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
 import { PROVIDER_KINDS, providers, type Provider, type ProviderIn, type ProviderKind } from '../api/resources';
 import { useSession } from '../auth';
@@ -22,11 +22,25 @@ export function ProvidersPage() {
   });
   const remove = useMutation({ mutationFn: (id: string) => providers.remove(id), onSuccess: () => qc.invalidateQueries({ queryKey: ['providers'] }) });
   if (!can.admin) return <Page title="LLM providers"><p className="text-sm text-slate-600">Only admins manage LLM providers.</p></Page>;
-  const drop = (to: number) => {
-    if (dragFrom === null || dragFrom === to) return;
-    const next = moveItem(order, dragFrom, to);
+  const move = (from: number, to: number) => {
+    const next = moveItem(order, from, to);
     setOrder(next);
+    reorder.mutate(next.map((p) => p.id));
+  };
+  // The dragged row's index travels in the drag data (a drop can come before React re-renders).
+  const startDrag = (e: DragEvent, i: number) => {
+    e.dataTransfer.setData('text/x-crewflow-provider', String(i));
+    e.dataTransfer.effectAllowed = 'move';
+    setDragFrom(i);
+  };
+  const drop = (e: DragEvent, to: number) => {
+    e.preventDefault();
+    const raw = e.dataTransfer.getData('text/x-crewflow-provider');
+    const from = raw === '' ? dragFrom : Number(raw);
     setDragFrom(null);
+    if (from === null || !Number.isInteger(from) || from === to) return;
+    const next = moveItem(order, from, to);
+    setOrder(next);
     reorder.mutate(next.map((p) => p.id));
   };
   return (
@@ -38,9 +52,12 @@ export function ProvidersPage() {
         <thead><tr className="border-b text-left text-slate-600"><th className="p-2" /><th className="p-2">#</th><th className="p-2">Name</th><th className="p-2">Kind · model</th><th className="p-2">Key</th><th className="p-2">Price in/out per 1K</th><th className="p-2">Budget</th><th className="p-2">Active</th><th className="p-2" /></tr></thead>
         <tbody>
           {order.map((p, i) => (
-            <tr key={p.id} draggable onDragStart={() => setDragFrom(i)} onDragOver={(e) => e.preventDefault()} onDrop={() => drop(i)}
+            <tr key={p.id} draggable onDragStart={(e) => startDrag(e, i)} onDragEnd={() => setDragFrom(null)} onDragOver={(e) => e.preventDefault()} onDrop={(e) => drop(e, i)}
               className={`border-b ${dragFrom === i ? 'opacity-50' : ''}`} data-testid={`provider-${p.name}`}>
-              <td className="cursor-grab p-2 text-slate-400" title="drag to reorder">⠿</td>
+              <td className="cursor-grab whitespace-nowrap p-2 text-slate-400" title="drag to reorder">⠿
+                <button className="ml-1 text-xs disabled:opacity-30" aria-label={`move ${p.name} up`} disabled={i === 0} onClick={() => move(i, i - 1)}>▲</button>
+                <button className="text-xs disabled:opacity-30" aria-label={`move ${p.name} down`} disabled={i === order.length - 1} onClick={() => move(i, i + 1)}>▼</button>
+              </td>
               <td className="p-2">{i + 1}</td>
               <td className="p-2 font-medium">{p.name}</td>
               <td className="p-2">{p.kind} · {p.model}{p.base_url ? <div className="text-xs text-slate-500">{p.base_url}</div> : null}</td>
