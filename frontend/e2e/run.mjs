@@ -267,12 +267,14 @@ try {
   });
 
   await step('a viewer sees no edit or run controls, and the API refuses an edit', async () => {
-    const status = await page.evaluate(async (v) => {
-      const r = await fetch('/api/v1/users', { method: 'POST', credentials: 'include', headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ email: v.email, role: 'viewer', password: v.password }) });
-      return r.status;
-    }, viewer);
-    if (status !== 201 && status !== 200) throw new Error(`inviting a viewer answered ${status}`);
+    await page.click('a:has-text("Users")');
+    await page.click('button:has-text("Add user")');
+    const form = page.locator('[data-testid=invite-form]');
+    await form.locator('input[name=email]').fill(viewer.email);
+    await form.locator('select[name=role]').selectOption('viewer');
+    await form.locator('input[name=password]').fill(viewer.password);
+    await form.locator('button:has-text("Add user")').click();
+    await page.waitForSelector(`[data-testid=users-table] td:has-text("${viewer.email}")`);
     await page.click('button:has-text("Log out")');
     await page.waitForSelector('input[name=email]');
     await page.fill('input[name=email]', viewer.email);

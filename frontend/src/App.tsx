@@ -11,6 +11,7 @@ import { ExecutionPage } from './pages/ExecutionPage';
 import { CrewsPage } from './pages/CrewsPage';
 import { ProvidersPage } from './pages/ProvidersPage';
 import { ToolsPage } from './pages/ToolsPage';
+import { UsersPage } from './pages/UsersPage';
 
 export function App() {
   return (
@@ -45,6 +46,7 @@ function Shell() {
           <Route path="/crews" element={<CrewsPage />} />
           <Route path="/providers" element={<ProvidersPage />} />
           <Route path="/tools" element={<ToolsPage />} />
+          <Route path="/users" element={<UsersPage />} />
           <Route path="/flows" element={<FlowsPage />} />
           <Route path="/flows/new" element={<FlowEditorPage />} />
           <Route path="/flows/:flowId" element={<FlowEditorPage />} />
@@ -81,6 +83,7 @@ function TopBar() {
         <NavLink to="/crews" className={link}>Crews</NavLink>
         {can.admin && <NavLink to="/providers" className={link}>Providers</NavLink>}
         {can.admin && <NavLink to="/tools" className={link}>Tools</NavLink>}
+        {can.admin && <NavLink to="/users" className={link}>Users</NavLink>}
       </nav>
       <div className="ml-auto flex items-center gap-3">
         <span data-testid="whoami">{me?.user.email} · {me?.tenant.name} · <b data-testid="role">{me?.user.role}</b></span>

@@ -138,3 +138,10 @@ export const crewsApi = {
   update: (id: string, body: Partial<CrewIn>) => api.patch<Crew>(`/crews/${enc(id)}`, body),
   remove: (id: string) => api.del(`/crews/${enc(id)}`),
 };
+
+export const users = {
+  all: () => fetchAllPages(listPage<UserOut>('/users', 100)),
+  invite: (body: { email: string; role: Role; password: string }) => api.post<UserOut>('/users', body),
+  update: (id: string, body: { role?: Role; is_active?: boolean }) => api.patch<UserOut>(`/users/${enc(id)}`, body),
+  remove: (id: string) => api.del(`/users/${enc(id)}`),
+};
