@@ -210,6 +210,19 @@ try {
     console.log(`  reconnected: ${urls.map((u) => u.split('?')[1]).join(' then ')}`);
   });
 
+  await step('save a second version, then load the first one back', async () => {
+    await page.goto(flowUrl);
+    await page.waitForSelector('[data-testid=node-agent]');
+    await page.locator('[data-testid=inspector] input[name=flow-name]').fill(`Renamed flow ${suffix}`);
+    await page.click('[data-testid=save]');
+    await page.waitForSelector('[data-testid=notice]:has-text("Saved as version 2")');
+    await page.selectOption('[data-testid=versions]', '1');
+    await page.waitForSelector(`[data-testid=flow-title]:has-text("E2E flow ${suffix}")`);
+    await page.waitForSelector('[data-testid=notice]:has-text("Loaded version 1")');
+    await page.click('button:has-text("Undo")');
+    await page.waitForSelector(`[data-testid=flow-title]:has-text("Renamed flow ${suffix}")`);
+  });
+
   await step('admin: a provider key is write-only, the failover order is shown', async () => {
     await page.click('a:has-text("Providers")');
     for (const [name, key] of [['primary', 'sk-test-1234567890abcd'], ['backup', '']]) {

@@ -74,6 +74,8 @@ export const flows = {
   page: (cursor: string | null) => api.get<Page<FlowSummary>>('/flows', { cursor, limit: 50 }),
   get: (id: string) => api.get<FlowOut>(`/flows/${enc(id)}`),
   version: (id: string, v: number) => api.get<FlowVersionOut>(`/flows/${enc(id)}/versions/${v}`),
+  versions: (id: string, cursor: string | null) =>
+    api.get<Page<Omit<FlowVersionOut, 'definition'>>>(`/flows/${enc(id)}/versions`, { cursor, limit: 50 }),
   create: (doc: FlowDocument) => api.post<FlowOut>('/flows', doc),
   save: (id: string, doc: FlowDocument, expectedVersion: number) =>
     api.put<FlowOut>(`/flows/${enc(id)}`, { expected_version: expectedVersion, definition: doc }),

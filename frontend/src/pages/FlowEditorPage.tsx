@@ -28,7 +28,8 @@ export function FlowEditorPage() {
   const flow = useQuery({ queryKey: ['flow', flowId], queryFn: () => flowsApi.get(flowId!), enabled: !!flowId, staleTime: Infinity });
   if (flowId && flow.isLoading) return <div className="p-6 text-slate-500">Loading flow…</div>;
   if (flowId && flow.error) return <div className="p-6"><ErrorBox error={flow.error} /></div>;
-  const key = flowId ? `${flowId}@${flow.data?.current_version}` : 'new';
+  // One editor per flow: saving a version keeps the editor (and its undo history) as it is.
+  const key = flowId ?? 'new';
   return (
     <ReactFlowProvider>
       <Editor key={key} flowId={flowId ?? null} initialDoc={flow.data?.definition ?? EMPTY} initialVersion={flow.data?.current_version ?? 0} />
@@ -292,6 +293,26 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
     }
   };
 
+  const versionsQ = useQuery({
+    queryKey: ['flow-versions', flowId, version],
+    queryFn: () => flowsApi.versions(flowId!, null),
+    enabled: !!flowId,
+  });
+  const loadVersion = async (v: number) => {
+    setError(null);
+    try {
+      const old = await flowsApi.version(flowId!, v);
+      const canvas = docToCanvas(old.definition);
+      commit(canvas);
+      setSelNodes(new Set());
+      setSelEdges(new Set());
+      setNotice(editable ? `Loaded version ${v} into the editor: save to make it version ${version + 1} (undo to go back)` : `Showing version ${v}`);
+      setTimeout(() => rf.fitView({ padding: 0.2, duration: 200 }), 50);
+    } catch (e) {
+      setError(e);
+    }
+  };
+
   const selectedNode = selNodes.size === 1 ? present.nodes.find((n) => selNodes.has(n.id)) ?? null : null;
   const selectedEdge = !selectedNode && selEdges.size === 1 ? present.edges.find((e) => selEdges.has(e.id)) ?? null : null;
 
@@ -313,6 +334,15 @@ function Editor({ flowId, initialDoc, initialVersion }: { flowId: string | null;
           <button className={btnSecondary} onClick={() => rf.fitView({ padding: 0.2, duration: 200 })}>Zoom to fit</button>
           {editable && <button className={btnSecondary} onClick={checkOnServer}>Check</button>}
           {editable && <button className={btnPrimary} onClick={save} disabled={saving || (!dirty && !!flowId)} data-testid="save">{saving ? 'Saving…' : 'Save version'}</button>}
+          {flowId && (versionsQ.data?.items.length ?? 0) > 1 && (
+            <select className="rounded border border-slate-300 px-1 py-1.5 text-sm" value="" aria-label="versions" data-testid="versions"
+              onChange={(e) => { const v = Number(e.target.value); if (v) void loadVersion(v); }}>
+              <option value="">{editable ? 'Load version…' : 'Versions…'}</option>
+              {versionsQ.data!.items.filter((v) => v.version !== version).map((v) => (
+                <option key={v.version} value={v.version}>v{v.version} · {new Date(v.created_at * 1000).toLocaleString()}</option>
+              ))}
+            </select>
+          )}
           {flowId && <Link className={btnSecondary} to={`/flows/${encodeURIComponent(flowId)}/executions`}>Executions</Link>}
           {flowId && can.execute && (
             <button className={btnPrimary} onClick={() => setRunOpen(true)} disabled={dirty} title={dirty ? 'Save first: runs use a saved version' : undefined} data-testid="run">Run…</button>
