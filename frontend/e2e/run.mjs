@@ -223,6 +223,19 @@ try {
     await page.waitForSelector(`[data-testid=flow-title]:has-text("Renamed flow ${suffix}")`);
   });
 
+  await step('saving over someone else\'s newer version is refused (409) and said so', async () => {
+    const other = await context.newPage();
+    await other.goto(flowUrl);
+    await other.waitForSelector('[data-testid=node-agent]');
+    await other.locator('[data-testid=inspector] input[name=flow-description]').fill('edited in another tab');
+    await other.click('[data-testid=save]');
+    await other.waitForSelector('[data-testid=notice]:has-text("Saved as version 3")');
+    await other.close();
+    await page.locator('[data-testid=inspector] input[name=flow-description]').fill('edited here');
+    await page.click('[data-testid=save]');
+    await page.waitForSelector('[role=alert]:has-text("Someone saved a newer version")');
+  });
+
   await step('admin: a provider key is write-only, the failover order is shown', async () => {
     await page.click('a:has-text("Providers")');
     for (const [name, key] of [['primary', 'sk-test-1234567890abcd'], ['backup', '']]) {
