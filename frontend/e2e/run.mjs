@@ -271,6 +271,26 @@ try {
     // leave no real provider in the way of the offline agent (its provider is 'scripted' anyway)
   });
 
+  await step('crews and tools screens save through the API', async () => {
+    await page.click('a:has-text("Crews")');
+    await page.click('button:has-text("New crew")');
+    const crew = page.locator('[data-testid=crew-form]');
+    await crew.locator('input[name=id]').fill('team');
+    await crew.locator('input[name=member-writer]').check();
+    await crew.locator('select[name=task-0-agent]').selectOption('writer');
+    await crew.locator('textarea[name=task-0-description]').fill('Write about {topic}');
+    await crew.locator('button:has-text("Create crew")').click();
+    await page.waitForSelector('[data-testid=crews-table] td:has-text("team")');
+    await page.click('a:has-text("Tools")');
+    await page.click('button:has-text("Register tool")');
+    const tool = page.locator('[data-testid=tool-form]');
+    await tool.locator('input[name=name]').fill('wordcount');
+    await tool.locator('input[name=description]').fill('Count words');
+    await tool.locator('button:has-text("Register")').click();
+    await page.waitForSelector('[data-testid=tools-table] td:has-text("wordcount")');
+    await page.waitForSelector('[data-testid=tools-table] [data-status=registered]');
+  });
+
   await step('the run is in the executions history', async () => {
     await page.goto(flowUrl.replace(/#\/flows\/(.*)$/, '#/flows/$1/executions'));
     await page.waitForSelector('[data-testid=executions-table] [data-status=completed]');

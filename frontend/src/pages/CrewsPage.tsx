@@ -58,10 +58,10 @@ function CrewForm({ crew, onDone }: { crew: Crew | null; onDone: () => void }) {
   const submit = (e: FormEvent) => { e.preventDefault(); save.mutate(); };
   const setTask = (i: number, patch: Partial<TaskDraft>) => setTasks(tasks.map((t, j) => (j === i ? { ...t, ...patch } : t)));
   return (
-    <form onSubmit={submit} className="mb-4 space-y-3 rounded border border-slate-200 bg-white p-4">
+    <form onSubmit={submit} className="mb-4 space-y-3 rounded border border-slate-200 bg-white p-4" data-testid="crew-form">
       <h2 className="font-semibold">{crew ? `Edit crew ${crew.id}` : 'New crew'}</h2>
       <div className="grid grid-cols-3 gap-3">
-        {!crew && <Field label="Id (optional)"><input className={inputCls} value={id} onChange={(e) => setId(e.target.value)} /></Field>}
+        {!crew && <Field label="Id (optional)"><input name="id" className={inputCls} value={id} onChange={(e) => setId(e.target.value)} /></Field>}
         <Field label="Process"><select className={inputCls} value={process} onChange={(e) => setProcess(e.target.value)}><option>sequential</option><option>hierarchical</option></select></Field>
         <Field label="Description"><input className={inputCls} value={description} onChange={(e) => setDescription(e.target.value)} /></Field>
       </div>
@@ -69,7 +69,7 @@ function CrewForm({ crew, onDone }: { crew: Crew | null; onDone: () => void }) {
         <div className="mb-1 text-sm font-medium">Members</div>
         <div className="flex flex-wrap gap-3 text-sm">
           {(agentsQ.data ?? []).map((a) => (
-            <label key={a.id}><input type="checkbox" checked={members.includes(a.id)} onChange={(e) => setMembers(e.target.checked ? [...members, a.id] : members.filter((m) => m !== a.id))} /> {a.id}</label>
+            <label key={a.id}><input type="checkbox" name={`member-${a.id}`} checked={members.includes(a.id)} onChange={(e) => setMembers(e.target.checked ? [...members, a.id] : members.filter((m) => m !== a.id))} /> {a.id}</label>
           ))}
           {agentsQ.data?.length === 0 && <span className="text-slate-500">Create agents first.</span>}
         </div>
@@ -78,11 +78,11 @@ function CrewForm({ crew, onDone }: { crew: Crew | null; onDone: () => void }) {
         <div className="text-sm font-medium">Tasks (in order)</div>
         {tasks.map((t, i) => (
           <div key={i} className="grid grid-cols-4 gap-2 rounded border border-slate-200 p-2">
-            <input className={inputCls} placeholder="name" value={t.name} onChange={(e) => setTask(i, { name: e.target.value })} />
-            <select className={inputCls} value={t.agent} onChange={(e) => setTask(i, { agent: e.target.value })}><option value="">— agent —</option>{members.map((m) => <option key={m}>{m}</option>)}</select>
+            <input name={`task-${i}-name`} className={inputCls} placeholder="name" value={t.name} onChange={(e) => setTask(i, { name: e.target.value })} />
+            <select name={`task-${i}-agent`} className={inputCls} value={t.agent} onChange={(e) => setTask(i, { agent: e.target.value })}><option value="">— agent —</option>{members.map((m) => <option key={m}>{m}</option>)}</select>
             <input className={inputCls} placeholder="context: earlier task names" value={t.context} onChange={(e) => setTask(i, { context: e.target.value })} />
             <button type="button" className="text-left text-sm text-red-600" onClick={() => setTasks(tasks.filter((_, j) => j !== i))}>remove</button>
-            <textarea className={`${inputCls} col-span-2`} rows={2} placeholder="description ({placeholders} come from the node's inputs)" value={t.description} onChange={(e) => setTask(i, { description: e.target.value })} />
+            <textarea name={`task-${i}-description`} className={`${inputCls} col-span-2`} rows={2} placeholder="description ({placeholders} come from the node's inputs)" value={t.description} onChange={(e) => setTask(i, { description: e.target.value })} />
             <textarea className={`${inputCls} col-span-2`} rows={2} placeholder="expected output" value={t.expected_output} onChange={(e) => setTask(i, { expected_output: e.target.value })} />
           </div>
         ))}

@@ -60,9 +60,9 @@ function ToolForm({ onDone }: { onDone: () => void }) {
   });
   const submit = (e: FormEvent) => { e.preventDefault(); save.mutate(); };
   return (
-    <form onSubmit={submit} className="mb-4 grid grid-cols-2 gap-3 rounded border border-slate-200 bg-white p-4">
-      <Field label="Name (the tool's id)"><input className={inputCls} value={f.name} onChange={(e) => setF({ ...f, name: e.target.value })} required /></Field>
-      <Field label="Description"><input className={inputCls} value={f.description} onChange={(e) => setF({ ...f, description: e.target.value })} /></Field>
+    <form onSubmit={submit} className="mb-4 grid grid-cols-2 gap-3 rounded border border-slate-200 bg-white p-4" data-testid="tool-form">
+      <Field label="Name (the tool's id)"><input name="name" className={inputCls} value={f.name} onChange={(e) => setF({ ...f, name: e.target.value })} required /></Field>
+      <Field label="Description"><input name="description" className={inputCls} value={f.description} onChange={(e) => setF({ ...f, description: e.target.value })} /></Field>
       <Field label="Dockerfile"><textarea className={`${inputCls} font-mono`} rows={5} value={f.dockerfile} onChange={(e) => setF({ ...f, dockerfile: e.target.value })} disabled={!!f.image} /></Field>
       <Field label="…or an image (instead of the Dockerfile)"><input className={inputCls} value={f.image} onChange={(e) => setF({ ...f, image: e.target.value })} placeholder="ghcr.io/acme/wordcount:1" /></Field>
       <Field label="Input JSON Schema"><textarea className={`${inputCls} font-mono`} rows={6} value={f.input} onChange={(e) => setF({ ...f, input: e.target.value })} /></Field>
