@@ -6,7 +6,7 @@
 // read the output; then a viewer sees no edit or run controls and the API refuses the viewer's edit.
 
 import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -310,6 +310,24 @@ try {
     await page.waitForSelector('[data-testid=run-status][data-status=completed]', { timeout: 60_000 });
     const out = await page.locator('[data-testid=run-outputs]').innerText();
     if (!out.includes('tide mills')) throw new Error(`outputs: ${out}`);
+  });
+
+  await step('a router flow: the branch not taken turns skipped, the join completes', async () => {
+    await page.click('a:has-text("Flows")');
+    await page.click('button:has-text("Import…")');
+    await page.fill('[data-testid=import-form] textarea', readFileSync(join(here, '..', '..', 'examples', 'router.yaml'), 'utf8'));
+    await page.click('[data-testid=import-form] button:has-text("Import")');
+    await page.waitForSelector('[data-testid=node-route]');
+    await page.waitForSelector('.react-flow__edge-text:has-text("default")');
+    await page.locator('[data-testid=node-route]').click();
+    const routeTo = await page.locator('[data-testid=inspector] select[name=route-0-to]').inputValue();
+    if (routeTo !== 'escalate') throw new Error(`route 0 goes to ${routeTo}`);
+    await page.click('[data-testid=run]');
+    await page.click('[data-testid=start-run]');
+    await page.waitForSelector('[data-testid=run-status][data-status=completed]', { timeout: 60_000 });
+    await page.waitForSelector('[data-testid=node-escalate][data-status=skipped]');
+    for (const id of ['start', 'classify', 'route', 'standard_reply', 'reply']) await page.waitForSelector(`[data-testid=node-${id}][data-status=completed]`);
+    await page.screenshot({ path: join(ARTIFACTS, 'router-run.png') });
   });
 
   await step('a viewer sees no edit or run controls, and the API refuses an edit', async () => {
