@@ -238,18 +238,26 @@ try {
 
   await step('admin: a provider key is write-only, the failover order is shown', async () => {
     await page.click('a:has-text("Providers")');
-    for (const [name, key] of [['primary', 'sk-test-1234567890abcd'], ['backup', '']]) {
+    // 'broken' answers nothing (a closed local port); 'offline' is the built-in scripted model, priced.
+    const specs = [
+      { name: 'broken', kind: 'openai', model: 'gpt-4o-mini', key: 'sk-test-1234567890abcd', base: 'http://127.0.0.1:9/v1' },
+      { name: 'offline', kind: 'scripted', model: 'echo', price_in: '0.5', price_out: '1.5' },
+    ];
+    for (const p of specs) {
       await page.click('button:has-text("New provider")');
       const form = page.locator('[data-testid=provider-form]');
-      await form.locator('input[name=name]').fill(name);
-      await form.locator('select[name=kind]').selectOption('openai');
-      await form.locator('input[name=model]').fill('gpt-4o-mini');
-      if (key) await form.locator('input[name=api_key]').fill(key);
+      await form.locator('input[name=name]').fill(p.name);
+      await form.locator('select[name=kind]').selectOption(p.kind);
+      await form.locator('input[name=model]').fill(p.model);
+      if (p.key) await form.locator('input[name=api_key]').fill(p.key);
+      if (p.base) await form.locator('input[name=base_url]').fill(p.base);
+      if (p.price_in) await form.locator('input[name=price_in]').fill(p.price_in);
+      if (p.price_out) await form.locator('input[name=price_out]').fill(p.price_out);
       await form.locator('button:has-text("Create provider")').click();
-      await page.waitForSelector(`[data-testid=provider-${name}]`);
+      await page.waitForSelector(`[data-testid=provider-${p.name}]`);
     }
-    const row = await page.locator('[data-testid=provider-primary]').innerText();
-    if (row.includes('sk-test-1234567890abcd')) throw new Error('the provider key is shown');
+    const row = await page.locator('[data-testid=provider-broken]').innerText();
+    if (row.includes('sk-test-1234567890abcd') || !row.includes('abcd')) throw new Error(`the key column shows: ${row}`);
     // Drag the second row onto the first (providers of equal priority come in the server's order), moving
     // the mouse the way a person does; the UI and the server then both list them the other way round.
     const rowOrder = () => page.evaluate(() => [...document.querySelectorAll('[data-testid=providers-table] tbody tr')].map((r) => r.getAttribute('data-testid').replace('provider-', '')).join());
@@ -267,8 +275,42 @@ try {
     await page.reload();
     await page.waitForSelector('[data-testid=providers-table] tbody tr');
     if ((await rowOrder()) !== after) throw new Error(`after a reload the table shows ${await rowOrder()}, not ${after}`);
+    // The up/down buttons reorder too: put 'broken' first for the failover run below.
+    if (after.startsWith('offline')) {
+      await page.click('button[aria-label="move broken up"]');
+      await page.waitForFunction(async () => (await (await fetch('/api/v1/providers', { credentials: 'include' })).json()).items.map((p) => p.name).join() === 'broken,offline', null, { polling: 250 });
+    }
     await page.screenshot({ path: join(ARTIFACTS, 'providers.png') });
-    // leave no real provider in the way of the offline agent (its provider is 'scripted' anyway)
+  });
+
+  await step('failover live: the first provider fails, the second answers; attempts, tokens and cost shown', async () => {
+    await page.click('a:has-text("Agents")');
+    await page.click('button:has-text("New agent")');
+    const form = page.locator('[data-testid=agent-form]');
+    await form.locator('input[name=id]').fill('chained');
+    await form.locator('input[name=role]').fill('Chained writer');
+    await form.locator('input[name=goal]').fill('Answer through the provider chain');
+    await form.locator('input[name=provider]').fill(''); // no provider: the tenant's failover chain
+    await form.locator('button:has-text("Create agent")').click();
+    await page.waitForSelector('[data-testid=agents-table] td:has-text("chained")');
+    await page.click('a:has-text("Flows")');
+    await page.click('button:has-text("Import…")');
+    await page.fill('[data-testid=import-form] textarea', JSON.stringify({
+      name: 'Failover demo', nodes: [{ id: 'start', kind: 'input' }, { id: 'ask', kind: 'agent', agent: 'chained', task: 'Say hello' }, { id: 'out', kind: 'output' }],
+      edges: ['start -> ask', 'ask -> out'],
+    }));
+    await page.click('[data-testid=import-form] button:has-text("Import")');
+    await page.waitForSelector('[data-testid=node-ask]');
+    await page.click('[data-testid=run]');
+    await page.click('[data-testid=start-run]');
+    await page.waitForSelector('[data-testid=run-status][data-status=completed]', { timeout: 120_000 });
+    await page.locator('[data-testid=node-ask]').click();
+    const panel = await page.locator('[data-testid=node-panel]').innerText();
+    for (const want of ['broken', 'connection', 'offline', 'success', 'Streamed tokens', 'failover']) {
+      if (!panel.includes(want)) throw new Error(`the node panel lacks '${want}':\n${panel}`);
+    }
+    if (!/\$0\.0[1-9]|\$0\.[1-9]/.test(panel)) throw new Error(`no cost shown:\n${panel}`);
+    await page.screenshot({ path: join(ARTIFACTS, 'failover-run.png') });
   });
 
   await step('crews and tools screens save through the API', async () => {
