@@ -211,12 +211,23 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     clock = SystemClock()
     uow_factory = SqlUnitOfWorkFactory(database)
     cipher = AesGcmCipher.from_setting(_cipher_keyring(settings))
-    logstore = SqlLogStore(database)
+    logstore: LogStore
+    if settings.mongodb_url:
+        from crewflow.adapters.mongo.logstore import MongoLogStore
+
+        logstore = MongoLogStore.connect(settings.mongodb_url)
+    else:
+        logstore = SqlLogStore(database)
+    # With the log in this same database, a batch's checkpoint and its replay-log rows share one commit.
+    events_with_checkpoints = isinstance(logstore, SqlLogStore)
     provider_registry = RepositoryProviderRegistry(uow_factory, cipher, build_provider, clock)
     # non-scripted agents run on CrewAI over the failover gateway with each tenant's providers
     engine = build_engine(settings, runtime=runtime, gateway=Gateway(provider_registry, cache=MemoryCache()))
     bus = MemoryEventBus()
-    recorder = ExecutionRecorder(lambda tenant_id: CheckpointSink(uow_factory, tenant_id), logstore, bus, clock)
+    recorder = ExecutionRecorder(
+        lambda tenant_id: CheckpointSink(uow_factory, tenant_id, store_events=events_with_checkpoints),
+        logstore, bus, clock, checkpoints_store_events=events_with_checkpoints,
+    )
     concurrency = int(settings.extra.get("CREWFLOW_WORKER_CONCURRENCY") or 4)
     container = ApiContainer(
         settings=settings,
@@ -238,6 +249,8 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
         chats=ChatService(uow_factory, logstore, bus, engine.runtime, clock, UuidGenerator()),
     )
     container.closers.extend([database.dispose, provisioner.aclose, container.provider_registry.close])
+    if not events_with_checkpoints:
+        container.closers.append(logstore.close)
     container.closers.append(container.queue.close)  # closed first: running jobs still reach the database
     container.closers.append(container.chats.close)
     return container

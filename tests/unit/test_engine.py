@@ -322,3 +322,28 @@ async def test_a_late_answer_from_a_timed_out_attempt_is_not_taken_for_the_retry
     assert result.ok
     assert result.nodes["x"].attempts == 2
     assert result.nodes["x"].output == "answer of attempt 2"
+
+
+async def test_tokens_reach_the_sinks_while_the_node_is_still_working() -> None:
+    gate = asyncio.Event()
+    log: list[str] = []
+
+    class Streaming(ScriptedRuntime):
+        async def run_agent(self, work: AgentWork, emit: NodeEmitter) -> NodeOutcome:
+            emit(EventKind.NODE_TOKEN, {"text": "Hel"})
+            emit(EventKind.NODE_TOKEN, {"text": "lo"})
+            await gate.wait()
+            return NodeOutcome(output="Hello")
+
+    sink = RecordingSink(log)
+    handle = engine(Streaming()).start(flow([agent_node("a1")], []), {"topic": "t"}, sinks=[sink])
+    for _ in range(200):
+        if sum(e.kind == EventKind.NODE_TOKEN for e in sink.events) == 2:
+            break
+        await asyncio.sleep(0.005)
+    stored_before_the_answer = [e.data["text"] for e in sink.events if e.kind == EventKind.NODE_TOKEN]
+    gate.set()
+    result = await handle.result()
+    assert stored_before_the_answer == ["Hel", "lo"]
+    assert result.ok
+    assert [e.seq for e in sink.events] == [e.seq for e in result.events]

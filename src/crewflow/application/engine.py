@@ -158,6 +158,7 @@ class _Run:
         self.unpublished: list[ExecutionEvent] = []
         self.sink_lock = asyncio.Lock()
         self.timer: asyncio.TimerHandle | None = None
+        self.flush_task: asyncio.Task[None] | None = None
         self.timer_at: float | None = None
 
     # -- main --------------------------------------------------------------------------------------------
@@ -238,8 +239,26 @@ class _Run:
                 return
             if self.scheduler.nodes[node_id].status == NodeStatus.RUNNING:
                 self.record([self.scheduler.sequencer.event(kind, self.clock.now(), node_id, data)])
+                self.flush_soon()
 
         return emit
+
+    def flush_soon(self) -> None:
+        """Deliver intermediate events (tokens, logs, LLM attempts) while the node still works, instead of
+        holding them until its result: one delivery task at a time, picking up whatever accumulated."""
+        if not self.sinks or self.flush_task is not None:
+            return
+
+        async def deliver() -> None:
+            try:
+                while self.unpublished:
+                    await self.flush()
+            finally:
+                self.flush_task = None
+
+        self.flush_task = self.loop.create_task(deliver())
+        self.tasks[f"__flush__{id(self.flush_task)}"] = self.flush_task
+        self.flush_task.add_done_callback(lambda t: self.tasks.pop(f"__flush__{id(t)}", None))
 
     # -- stepping ----------------------------------------------------------------------------------------
     async def advance(self) -> None:

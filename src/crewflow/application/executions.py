@@ -79,10 +79,13 @@ class ExecutionRecorder:
     logstore: LogStore
     bus: EventBus
     clock: Clock
+    checkpoints_store_events: bool = False  # the checkpoint sink also writes the replay log (one commit)
 
     def sinks(self, tenant_id: str) -> list[EventSink]:
+        if self.checkpoints_store_events:
+            return [self.checkpoints(tenant_id), BusSink(self.bus, tenant_id)]
         return [self.checkpoints(tenant_id), LogStoreSink(self.logstore.for_tenant(tenant_id)),
-                BusSink(self.bus, tenant_id)]  # fmt: skip
+                BusSink(self.bus, tenant_id)]
 
     async def end_without_run(self, tenant_id: str, execution: Execution, kind: EventKind,
                               data: Mapping[str, Any]) -> None:  # fmt: skip

@@ -157,16 +157,14 @@ async def _execute(flow: Flow, graph: Any, inputs: Mapping[str, Any], args: argp
 async def _execute_recorded(engine: Any, database_url: str, tenant: str, flow: Flow, inputs: Mapping[str, Any],
                             options: dict[str, Any]) -> Any:  # fmt: skip
     from crewflow.adapters.sql import CheckpointSink, SqlUnitOfWorkFactory, open_database
-    from crewflow.adapters.sql.logstore import SqlLogStore
-    from crewflow.application.event_sinks import LogStoreSink
     from crewflow.application.run_flow import run_recorded
 
     tenant_id = await _ensure_tenant(database_url, tenant)
     database = open_database(database_url)
     try:
         uow_factory = SqlUnitOfWorkFactory(database)
-        sinks: list[EventSink] = [CheckpointSink(uow_factory, tenant_id),
-                                  LogStoreSink(SqlLogStore(database).for_tenant(tenant_id))]  # fmt: skip
+        # node checkpoints and the replay log, one transaction per batch
+        sinks: list[EventSink] = [CheckpointSink(uow_factory, tenant_id, store_events=True)]
         return await run_recorded(engine, uow_factory, tenant_id, flow, inputs, sinks=sinks, **options)
     finally:
         await database.dispose()

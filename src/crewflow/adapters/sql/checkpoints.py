@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from crewflow.adapters.sql.logstore import append_events_in
+from crewflow.adapters.sql.uow import SqlUnitOfWork
 from crewflow.domain.events import EventKind, ExecutionEvent
 from crewflow.domain.execution import NodeRun
 from crewflow.domain.scheduler import NodeStatus, RunStatus
@@ -133,9 +135,12 @@ class CheckpointSink:
     """``EventSink`` writing run checkpoints for one tenant. Raises ``NotFound`` (and writes nothing) when
     the batch names an execution that was not added first (``uow.executions.add``)."""
 
-    def __init__(self, uow_factory: UnitOfWorkFactory, tenant_id: str) -> None:
+    def __init__(self, uow_factory: UnitOfWorkFactory, tenant_id: str, *, store_events: bool = False) -> None:
+        """``store_events``: also append the events to the SQL replay log in the same transaction (one
+        commit per batch instead of two when the log store is this database)."""
         self._uow_factory = uow_factory
         self._tenant_id = tenant_id
+        self._store_events = store_events
 
     async def publish(self, events: Sequence[ExecutionEvent]) -> None:
         if not events:
@@ -146,6 +151,9 @@ class CheckpointSink:
         async with self._uow_factory.for_tenant(self._tenant_id) as uow:
             for execution_id, batch in by_execution.items():
                 await self._checkpoint(uow, execution_id, batch)
+            if self._store_events:
+                assert isinstance(uow, SqlUnitOfWork), "store_events needs the SQL unit of work"
+                await append_events_in(uow.connection, events)
             await uow.commit()
 
     async def _checkpoint(self, uow: UnitOfWork, execution_id: str, events: list[ExecutionEvent]) -> None:

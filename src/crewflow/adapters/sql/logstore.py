@@ -45,6 +45,17 @@ async def _insert_ignoring_duplicates(conn: AsyncConnection, table: sa.Table, ro
     await conn.execute(stmt, rows)
 
 
+async def append_events_in(conn: AsyncConnection, events: Sequence[ExecutionEvent]) -> None:
+    """Append events to the replay log inside the caller's (tenant-scoped) transaction; duplicates of an
+    already stored (execution_id, seq) are ignored."""
+    rows = [
+        {"execution_id": e.execution_id, "seq": e.seq, "kind": str(e.kind), "at": e.at, "node_id": e.node_id,
+         "data": dict(e.data)}
+        for e in events
+    ]
+    await _insert_ignoring_duplicates(conn, EXECUTION_EVENTS, rows)
+
+
 class SqlLogStore:
     """``LogStore`` on the relational database (the default: no extra service to run)."""
 
@@ -89,19 +100,8 @@ class SqlTenantLogStore:
         return f"SqlTenantLogStore(tenant_id={self._tenant_id!r})"
 
     async def append_events(self, events: Sequence[ExecutionEvent]) -> None:
-        rows = [
-            {
-                "execution_id": e.execution_id,
-                "seq": e.seq,
-                "kind": str(e.kind),
-                "at": e.at,
-                "node_id": e.node_id,
-                "data": dict(e.data),
-            }
-            for e in events
-        ]
         async with self._database.tenant_transaction(self._tenant_id) as conn:
-            await _insert_ignoring_duplicates(conn, EXECUTION_EVENTS, rows)
+            await append_events_in(conn, events)
 
     async def events_after(self, execution_id: str, after_seq: int = 0, limit: int = 1000) -> list[ExecutionEvent]:
         _check_limit(limit)
