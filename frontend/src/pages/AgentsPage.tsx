@@ -1,6 +1,6 @@
 import { useState, type FormEvent } from 'react';
-import { useInfiniteQuery, useMutation, useQueryClient } from '@tanstack/react-query';
-import { agents, type Agent, type AgentIn } from '../api/resources';
+import { useInfiniteQuery, useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
+import { agents, providers, type Agent, type AgentIn } from '../api/resources';
 import { useSession } from '../auth';
 import { ErrorBox, Field, Page, btnDanger, btnPrimary, btnSecondary, inputCls } from '../components/ui';
 
@@ -54,6 +54,9 @@ export function AgentsPage() {
 
 function AgentForm({ agent, onDone }: { agent: Agent | null; onDone: () => void }) {
   const qc = useQueryClient();
+  const { can } = useSession();
+  // Provider names to suggest (only admins may list providers; anyone may type one).
+  const providerList = useQuery({ queryKey: ['providers'], queryFn: providers.all, enabled: can.admin, retry: false });
   const [f, setF] = useState({
     id: agent?.id ?? '',
     role: agent?.role ?? '',
@@ -103,7 +106,7 @@ function AgentForm({ agent, onDone }: { agent: Agent | null; onDone: () => void 
       <div className="col-span-2"><Field label="Goal"><input name="goal" className={inputCls} value={f.goal} onChange={set('goal')} required /></Field></div>
       <div className="col-span-2"><Field label="Backstory"><textarea name="backstory" className={inputCls} rows={2} value={f.backstory} onChange={set('backstory')} /></Field></div>
       <Field label="Provider" hint="'scripted' runs offline; empty = the tenant's providers"><input name="provider" list="provider-names" className={inputCls} value={f.provider} onChange={set('provider')} /></Field>
-      <datalist id="provider-names"><option value="scripted" /></datalist>
+      <datalist id="provider-names"><option value="scripted" />{(providerList.data ?? []).map((p) => <option key={p.id} value={p.name} />)}</datalist>
       <Field label="Model (optional)"><input name="model" className={inputCls} value={f.model} onChange={set('model')} /></Field>
       <Field label="Tools" hint="comma-separated tool ids"><input name="tools" className={inputCls} value={f.tools} onChange={set('tools')} /></Field>
       <Field label="Temperature"><input name="temperature" type="number" step="0.1" min="0" max="2" className={inputCls} value={f.temperature} onChange={set('temperature')} /></Field>
