@@ -4,10 +4,13 @@ import { SessionProvider, useSession } from './auth';
 import { auth } from './api/resources';
 import { LoginPage, RegisterPage } from './pages/AuthPages';
 import { AgentsPage } from './pages/AgentsPage';
-import { FlowsPage } from './pages/FlowsPage';
-import { FlowEditorPage } from './pages/FlowEditorPage';
 import { ExecutionsPage } from './pages/ExecutionsPage';
-import { ExecutionPage } from './pages/ExecutionPage';
+import { lazy, Suspense } from 'react';
+
+// The canvas screens (React Flow) and the flow import (YAML parser) load on first use.
+const FlowsPage = lazy(() => import('./pages/FlowsPage').then((m) => ({ default: m.FlowsPage })));
+const FlowEditorPage = lazy(() => import('./pages/FlowEditorPage').then((m) => ({ default: m.FlowEditorPage })));
+const ExecutionPage = lazy(() => import('./pages/ExecutionPage').then((m) => ({ default: m.ExecutionPage })));
 import { CrewsPage } from './pages/CrewsPage';
 import { ProvidersPage } from './pages/ProvidersPage';
 import { ToolsPage } from './pages/ToolsPage';
@@ -38,6 +41,7 @@ function Shell() {
     <div className="flex h-full flex-col">
       <TopBar />
       <main className="min-h-0 flex-1 overflow-auto">
+        <Suspense fallback={<div className="p-6 text-slate-500">Loading…</div>}>
         <Routes>
           <Route path="/" element={<Navigate to="/flows" replace />} />
           <Route path="/login" element={<Navigate to="/flows" replace />} />
@@ -54,6 +58,7 @@ function Shell() {
           <Route path="/executions/:executionId" element={<ExecutionPage />} />
           <Route path="*" element={<div className="p-6">Not found. <Link className="text-blue-700 underline" to="/flows">Flows</Link></div>} />
         </Routes>
+        </Suspense>
       </main>
     </div>
   );

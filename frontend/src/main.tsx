@@ -2,7 +2,6 @@ import { StrictMode } from 'react';
 import { createRoot } from 'react-dom/client';
 import { QueryClient, QueryClientProvider } from '@tanstack/react-query';
 import { HashRouter } from 'react-router-dom';
-import '@xyflow/react/dist/style.css';
 import './index.css';
 import { App } from './App';
 import { ApiError } from './api/errors';
