@@ -311,6 +311,14 @@ try {
     }
     if (!/\$0\.0[1-9]|\$0\.[1-9]/.test(panel)) throw new Error(`no cost shown:\n${panel}`);
     await page.screenshot({ path: join(ARTIFACTS, 'failover-run.png') });
+    // The event log pages through the server's cursor: 25 events, then the rest, in seq order, none twice.
+    await page.click('button:has-text("Event log")');
+    await page.waitForSelector('[data-testid=event-log] li[data-seq="25"]');
+    if (await page.locator('[data-testid=event-log] li').count() !== 25) throw new Error('the first log page is not 25 events');
+    await page.click('button:has-text("Load more")');
+    await page.waitForSelector('[data-testid=event-log] li[data-seq="26"]');
+    const seqs = await page.locator('[data-testid=event-log] li').evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+    if (seqs.some((v, i) => v !== i + 1)) throw new Error(`event log seqs: ${seqs.join(',')}`);
   });
 
   await step('crews and tools screens save through the API', async () => {

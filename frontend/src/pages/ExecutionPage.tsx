@@ -204,10 +204,12 @@ function NodePanel({ id, node }: { id: string; node?: NodeRun }) {
   );
 }
 
+const LOG_PAGE = 25;
+
 function LogPanel({ executionId }: { executionId: string }) {
   const logs = useInfiniteQuery({
     queryKey: ['execution-logs', executionId],
-    queryFn: ({ pageParam }) => executions.logs(executionId, pageParam, 100),
+    queryFn: ({ pageParam }) => executions.logs(executionId, pageParam, LOG_PAGE),
     initialPageParam: null as string | null,
     getNextPageParam: (last) => last.next_cursor,
   });
@@ -216,9 +218,9 @@ function LogPanel({ executionId }: { executionId: string }) {
     <div className="space-y-2">
       <ErrorBox error={logs.error} />
       <button className={btnSecondary} onClick={() => logs.refetch()}>Refresh</button>
-      <ol className="space-y-1 font-mono text-[11px]">
+      <ol className="space-y-1 font-mono text-[11px]" data-testid="event-log">
         {items.map((e) => (
-          <li key={e.seq} className="border-b pb-1"><span className="text-slate-400">#{e.seq}</span> {e.kind}{e.node_id ? ` ${e.node_id}` : ''} <span className="text-slate-500">{JSON.stringify(e.data).slice(0, 160)}</span></li>
+          <li key={e.seq} className="border-b pb-1" data-seq={e.seq}><span className="text-slate-400">#{e.seq}</span> {e.kind}{e.node_id ? ` ${e.node_id}` : ''} <span className="text-slate-500">{JSON.stringify(e.data).slice(0, 160)}</span></li>
         ))}
       </ol>
       {logs.hasNextPage && <button className={btnSecondary} onClick={() => logs.fetchNextPage()}>Load more</button>}
