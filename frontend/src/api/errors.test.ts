@@ -35,7 +35,9 @@ describe('request', () => {
       return new Response(JSON.stringify({ type: 'about:blank', title: 'Too Many Requests', status: 429, detail: 'slow down' }),
         { status: 429, headers: { 'content-type': 'application/problem+json', 'retry-after': '7' } });
     });
-    await expect(request('POST', '/agents', { body: { role: 'r' } })).rejects.toMatchObject({ status: 429, retryAfter: 7 });
+    const err = await request('POST', '/agents', { body: { role: 'r' } }).catch((e) => e);
+    expect(err).toMatchObject({ status: 429, retryAfter: 7 });
+    expect(errorLines(err)).toEqual(['Too Many Requests: slow down (429)', 'try again in 7 s']);
     expect(calls[0][0]).toBe('/api/v1/agents');
     expect(calls[0][1].credentials).toBe('include');
     expect(calls[0][1].body).toBe('{"role":"r"}');

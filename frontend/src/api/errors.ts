@@ -89,6 +89,7 @@ export function errorLines(err: unknown): string[] {
       if (f.message) lines.push(f.field ? `${f.field}: ${f.message}` : f.message);
     }
     for (const p of err.flowProblems) lines.push(`${p.where}: ${p.message}`);
+    if (err.status === 429 && err.retryAfter) lines.push(`try again in ${err.retryAfter} s`);
     return lines.length ? [err.message, ...lines] : [err.message];
   }
   if (err instanceof Error) return [err.message];
