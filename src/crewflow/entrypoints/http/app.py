@@ -16,6 +16,7 @@ from crewflow import __version__
 from crewflow.entrypoints.http.agents import AgentController
 from crewflow.entrypoints.http.audit_routes import AuditController
 from crewflow.entrypoints.http.auth_routes import AuthController
+from crewflow.entrypoints.http.canvas import canvas_handlers
 from crewflow.entrypoints.http.chats import ChatController
 from crewflow.entrypoints.http.crews import CrewController
 from crewflow.entrypoints.http.executions import ExecutionController, FlowExecutionController
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["API_PREFIX", "create_app"]
 
 API_PREFIX = "/api/v1"
-PUBLIC_PATHS = [r"^/api/v1/schema", r"^/api/v1/auth/(register|login)$", r"^/healthz$", r"^/readyz$"]
+PUBLIC_PATHS = [r"^/api/v1/schema", r"^/api/v1/auth/(register|login)$", r"^/healthz$", r"^/readyz$", r"^/$",
+                r"^/assets/"]
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
@@ -75,7 +77,7 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
             await state.container.aclose()
 
     return Litestar(
-        route_handlers=[api, healthz],
+        route_handlers=[api, healthz, *canvas_handlers()],
         plugins=[problem_details_plugin()],
         exception_handlers={Exception: unexpected_error_handler},
         # request id → authentication → rate limits (keyed by the verified user and tenant; ADR 0008)
