@@ -9,14 +9,13 @@ from litestar.config.compression import CompressionConfig
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from crewflow import __version__
 from crewflow.entrypoints.http.agents import AgentController
 from crewflow.entrypoints.http.audit_routes import AuditController
 from crewflow.entrypoints.http.auth_routes import AuthController
-from crewflow.entrypoints.http.canvas import canvas_handlers
+from crewflow.entrypoints.http.canvas import canvas_handlers, docs_render_plugins
 from crewflow.entrypoints.http.chats import ChatController
 from crewflow.entrypoints.http.crews import CrewController
 from crewflow.entrypoints.http.executions import ExecutionController, FlowExecutionController
@@ -37,7 +36,7 @@ __all__ = ["API_PREFIX", "create_app"]
 
 API_PREFIX = "/api/v1"
 PUBLIC_PATHS = [r"^/api/v1/schema", r"^/api/v1/auth/(register|login)$", r"^/healthz$", r"^/readyz$", r"^/$",
-                r"^/assets/"]
+                r"^/assets/", r"^/api-docs/"]
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
@@ -89,7 +88,7 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(
             title="crewflow API", version=__version__, path=f"{API_PREFIX}/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            render_plugins=docs_render_plugins(),
             components=Components(security_schemes={
                 "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
             }),

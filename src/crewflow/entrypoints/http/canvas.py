@@ -12,7 +12,7 @@ from typing import Any
 from litestar import Response, get
 from litestar.static_files import create_static_files_router
 
-__all__ = ["canvas_directory", "canvas_handlers"]
+__all__ = ["canvas_directory", "canvas_handlers", "docs_render_plugins"]
 
 _PACKAGE = Path(__file__).resolve().parents[2]
 
@@ -36,9 +36,24 @@ def canvas_handlers(directory: Path | None = None) -> list[Any]:
         return Response(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
 
     handlers: list[Any] = [canvas_index]
-    if (directory / "assets").is_dir():
-        handlers.append(create_static_files_router(
-            path="/assets", directories=[directory / "assets"], opt={"public": True}, include_in_schema=False,
-            cache_control=None,
-        ))
+    for folder in ("assets", "api-docs"):
+        if (directory / folder).is_dir():
+            handlers.append(create_static_files_router(
+                path=f"/{folder}", directories=[directory / folder], opt={"public": True}, include_in_schema=False,
+                name=f"canvas-{folder}",
+            ))
     return handlers
+
+
+def docs_render_plugins(directory: Path | None = None) -> list[Any]:
+    """The interactive API docs page at ``/api/v1/schema/swagger`` (and ``/api/v1/schema``): Swagger UI from
+    the files the canvas build vendors (no CDN: servers may be offline), else Scalar from its CDN."""
+    from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+    directory = directory if directory is not None else canvas_directory()
+    if directory is not None and (directory / "api-docs" / "swagger-ui-bundle.js").is_file():
+        return [SwaggerRenderPlugin(
+            js_url="/api-docs/swagger-ui-bundle.js", css_url="/api-docs/swagger-ui.css",
+            standalone_preset_js_url="/api-docs/swagger-ui-standalone-preset.js", path=["/", "/swagger"],
+        )]
+    return [ScalarRenderPlugin()]
