@@ -4,27 +4,23 @@ runtime is the offline scripted one, streaming its answer word by word."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
-import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from api_support import bearer as auth
+from api_support import make_user
+from api_support import served_client as serve
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from crewflow.adapters.runtime import ScriptedRuntime
 from crewflow.adapters.sql.migrate import migrate
 from crewflow.bootstrap import ApiContainer, build_api_container
-from crewflow.domain.tenancy import Role, Tenant, User
-from crewflow.entrypoints.http import create_app
+from crewflow.domain.tenancy import Role
 from crewflow.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -40,43 +36,6 @@ async def container(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     built = await build_api_container(settings, bcrypt_rounds=4, runtime=ScriptedRuntime(stream=True))
     yield built
     await built.aclose()
-
-
-@asynccontextmanager
-async def serve(container: ApiContainer) -> AsyncIterator[httpx.AsyncClient]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(container), log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
-async def make_user(container: ApiContainer, role: Role = Role.ADMIN, tenant_id: str | None = None) -> tuple[str, str]:
-    if tenant_id is None:
-        tenant_id = uuid.uuid4().hex[:12]
-        await container.provisioner.register(Tenant(tenant_id, f"t-{tenant_id}", "T", f"tenant_{tenant_id}",
-                                                    datetime.now(UTC)))  # fmt: skip
-    user = User(uuid.uuid4().hex, tenant_id, f"{uuid.uuid4().hex[:8]}@example.com", role,
-                container.hasher.hash("pw-123456789"))  # fmt: skip
-    async with container.uow_factory.platform() as uow:
-        await uow.users.add(user)
-        await uow.commit()
-    return tenant_id, container.tokens.issue(user.id, tenant_id, role).token
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def ws_base(client: httpx.AsyncClient) -> str:

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from api_support import bearer as auth
+from api_support import make_user
+from api_support import served_client as serve
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -30,8 +28,7 @@ from crewflow.bootstrap import ApiContainer, build_api_container
 from crewflow.domain.codec import flow_from_dict
 from crewflow.domain.execution import FlowRecord
 from crewflow.domain.flow import Flow
-from crewflow.domain.tenancy import Role, Tenant, User
-from crewflow.entrypoints.http import create_app
+from crewflow.domain.tenancy import Role
 from crewflow.ports.queue import RunExecution
 from crewflow.settings import Settings
 from crewflow.testing.llm_server import Fault, LLMTestServer
@@ -79,49 +76,11 @@ async def slow_container(tmp_path: Path) -> AsyncIterator[ApiContainer]:
     await built.aclose()
 
 
-@asynccontextmanager
-async def serve(container: ApiContainer) -> AsyncIterator[httpx.AsyncClient]:
-    """The app on a real server in this event loop; yields an HTTP client for it."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(container), log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
-async def make_user(container: ApiContainer, role: Role = Role.ADMIN, tenant_id: str | None = None) -> tuple[str, str]:
-    if tenant_id is None:
-        tenant_id = uuid.uuid4().hex[:12]
-        await container.provisioner.register(Tenant(tenant_id, f"t-{tenant_id}", "T", f"tenant_{tenant_id}",
-                                                    datetime.now(UTC)))  # fmt: skip
-    user = User(uuid.uuid4().hex, tenant_id, f"{uuid.uuid4().hex[:8]}@example.com", role,
-                container.hasher.hash("pw-123456789"))  # fmt: skip
-    async with container.uow_factory.platform() as uow:
-        await uow.users.add(user)
-        await uow.commit()
-    return tenant_id, container.tokens.issue(user.id, tenant_id, role).token
-
-
 async def store_flow(container: ApiContainer, tenant_id: str, flow_id: str = "two") -> None:
     now = container.clock.now()
     async with container.uow_factory.for_tenant(tenant_id) as uow:
         await uow.flows.add(FlowRecord(flow_id, "Two steps", now, now), FLOW)
         await uow.commit()
-
-
-def auth(token: str, **headers: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", **headers}
 
 
 async def execute(client: httpx.AsyncClient, token: str, body: dict[str, Any] | None = None,

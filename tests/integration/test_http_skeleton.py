@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from api_support import bearer as auth
+from api_support import make_user
 from litestar.testing import AsyncTestClient
 
 from crewflow.bootstrap import ApiContainer, build_api_container
-from crewflow.domain.tenancy import Role, Tenant, User
+from crewflow.domain.tenancy import Role
 from crewflow.entrypoints.http import create_app
 from crewflow.settings import Settings
 
@@ -25,24 +25,6 @@ async def container(tmp_path: Path) -> AsyncIterator[ApiContainer]:
     built = await build_api_container(settings, bcrypt_rounds=4)
     yield built
     await built.aclose()
-
-
-async def make_user(container: ApiContainer, role: Role, tenant_id: str | None = None) -> tuple[str, str]:
-    """A tenant (new unless given) and a user of it; returns (tenant_id, bearer token)."""
-    if tenant_id is None:
-        tenant_id = uuid.uuid4().hex[:12]
-        await container.provisioner.register(Tenant(tenant_id, f"t-{tenant_id}", "T", f"tenant_{tenant_id}",
-                                                    datetime.now(UTC)))  # fmt: skip
-    user = User(uuid.uuid4().hex, tenant_id, f"{uuid.uuid4().hex[:8]}@example.com", role,
-                container.hasher.hash("pw-123456789"))  # fmt: skip
-    async with container.uow_factory.platform() as uow:
-        await uow.users.add(user)
-        await uow.commit()
-    return tenant_id, container.tokens.issue(user.id, tenant_id, role).token
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 AGENT: dict[str, Any] = {"id": "writer", "role": "Writer", "goal": "Write"}

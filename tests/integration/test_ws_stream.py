@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from api_support import bearer, make_user
+from api_support import served as serve
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -28,8 +25,6 @@ from crewflow.adapters.runtime import ScriptedRuntime
 from crewflow.adapters.sql.migrate import migrate
 from crewflow.bootstrap import ApiContainer, build_api_container
 from crewflow.domain.execution import FlowRecord
-from crewflow.domain.tenancy import Role, Tenant, User
-from crewflow.entrypoints.http import create_app
 from crewflow.entrypoints.http.security import SESSION_COOKIE
 from crewflow.ports.runtime import AgentWork, CrewWork, NodeEmitter, NodeOutcome
 from crewflow.settings import Settings
@@ -89,49 +84,12 @@ async def container(request: pytest.FixtureRequest, tmp_path: Path, gated: Gated
     await built.aclose()
 
 
-@asynccontextmanager
-async def serve(container: ApiContainer) -> AsyncIterator[str]:
-    """The app on a real server in this event loop; yields its base URL (host:port)."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(container), log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
-async def make_user(container: ApiContainer, role: Role = Role.ADMIN, tenant_id: str | None = None) -> tuple[str, str]:
-    if tenant_id is None:
-        tenant_id = uuid.uuid4().hex[:12]
-        await container.provisioner.register(Tenant(tenant_id, f"t-{tenant_id}", "T", f"tenant_{tenant_id}",
-                                                    datetime.now(UTC)))  # fmt: skip
-    user = User(uuid.uuid4().hex, tenant_id, f"{uuid.uuid4().hex[:8]}@example.com", role,
-                container.hasher.hash("pw-123456789"))  # fmt: skip
-    async with container.uow_factory.platform() as uow:
-        await uow.users.add(user)
-        await uow.commit()
-    return tenant_id, container.tokens.issue(user.id, tenant_id, role).token
-
-
 async def store_flow(container: ApiContainer, tenant_id: str, flow_id: str = "chain",
                      document: dict[str, Any] | None = None) -> None:  # fmt: skip
     now = container.clock.now()
     async with container.uow_factory.for_tenant(tenant_id) as uow:
         await uow.flows.add(FlowRecord(flow_id, "Chain", now, now), document or CHAIN)
         await uow.commit()
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def execute(base: str, token: str, flow_id: str = "chain") -> str:
