@@ -33,7 +33,7 @@ API = "/api/v1"
 SECRET_GOAL = "tenant A's secret goal"
 KEY = "sk-proj-Zq8vN3xR7tLmK2pW9sYd4abcd"
 TERMINAL = {"completed", "failed", "cancelled"}
-NOT_OBJECT_ROUTES = re.compile(r"^/api/v1/schema")  # the OpenAPI document and its renderers
+NOT_OBJECT_ROUTES = re.compile(r"^/api/v1/schema|^/assets/|^/api-docs/")  # OpenAPI + renderers, the canvas files
 
 
 class Unlimited:
