@@ -34,18 +34,15 @@ class Catalog:
 
 def ensure_valid(flow: Flow, limits: FlowLimits | None = None, catalog: Catalog | None = None) -> Graph:
     """Validate and return the flow's graph; raise ``FlowInvalid`` listing every problem."""
-    problems = validate_flow(flow, limits, catalog)
-    if problems:
+    validator = _Validator(flow, limits or FlowLimits(), catalog or Catalog())
+    problems = validator.run()
+    if problems or validator.graph is None:
         raise FlowInvalid(problems)
-    return Graph.build((n.id for n in flow.nodes), ((e.source, e.target) for e in flow.edges))
+    return validator.graph
 
 
 def validate_flow(flow: Flow, limits: FlowLimits | None = None, catalog: Catalog | None = None) -> list[Problem]:
     return _Validator(flow, limits or FlowLimits(), catalog or Catalog()).run()
-
-
-def _reads_nodes(node: Node) -> bool:
-    return any("nodes." in text for text in node.text_fields().values())
 
 
 class _Validator:
@@ -54,6 +51,8 @@ class _Validator:
         self.limits = limits
         self.catalog = catalog
         self.problems: list[Problem] = []
+        self.graph: Graph | None = None
+        self._known_ids: dict[str, set[str]] = {}
 
     def add(self, code: str, message: str, *, node: str | None = None, edge: tuple[str, str] | None = None,
             nodes: tuple[str, ...] = ()) -> None:  # fmt: skip
@@ -104,13 +103,17 @@ class _Validator:
                 self.add("cycle", f"cycle: {edge.source} -> {edge.source}", edge=pair, nodes=(edge.source,))
             else:
                 edges.append(pair)
-        for cycle in find_cycles(ids, edges):
-            if len(cycle) > 1:
-                self.add("cycle", "cycle: " + " -> ".join([*cycle, cycle[0]]), nodes=tuple(cycle))
-        self._definitions()
         graph: Graph | None = None
-        if not any(p.code == "cycle" for p in self.problems):
+        try:  # a topological sort succeeds exactly when there is no cycle: search cycles only when it fails
             graph = Graph.build(ids, edges)
+        except ValueError:
+            for cycle in find_cycles(ids, edges):
+                if len(cycle) > 1:
+                    self.add("cycle", "cycle: " + " -> ".join([*cycle, cycle[0]]), nodes=tuple(cycle))
+        if any(p.code == "cycle" for p in self.problems):
+            graph = None
+        self.graph = graph
+        self._definitions()
         for node in flow.nodes:
             self._node(node, graph, known)
         if graph is not None:
@@ -119,11 +122,16 @@ class _Validator:
 
     # -- references -------------------------------------------------------------------------------------
     def _known(self, kind: str) -> set[str]:
-        if kind == "agent":
-            return set(self.flow.agents) | set(self.catalog.agents)
-        if kind == "crew":
-            return set(self.flow.crews) | set(self.catalog.crews)
-        return set(self.flow.tools) | set(self.catalog.tools)
+        cached = self._known_ids.get(kind)
+        if cached is None:  # asked once per node: build each kind's set once per validation
+            if kind == "agent":
+                cached = set(self.flow.agents) | set(self.catalog.agents)
+            elif kind == "crew":
+                cached = set(self.flow.crews) | set(self.catalog.crews)
+            else:
+                cached = set(self.flow.tools) | set(self.catalog.tools)
+            self._known_ids[kind] = cached
+        return cached
 
     def _provider_known(self, provider: str | None) -> bool:
         if provider is None or self.catalog.providers is None:
@@ -175,8 +183,9 @@ class _Validator:
                 earlier.add(task.name)
 
     def _node(self, node: Node, graph: Graph | None, known: set[str]) -> None:
-        for field_name, text in node.text_fields().items():
-            size = len(text.encode())
+        texts = node.text_fields()
+        for field_name, text in texts.items():
+            size = len(text) if len(text) * 4 <= self.limits.max_text_bytes else len(text.encode())
             if size > self.limits.max_text_bytes:
                 self.add("text_too_long", f"{field_name} is {size} bytes; the limit is "
                          f"{self.limits.max_text_bytes}", node=node.id)  # fmt: skip
@@ -197,10 +206,11 @@ class _Validator:
         if kind == NodeKind.OUTPUT and outgoing:
             self.add("output_has_children", "output nodes have no outgoing edges", node=node.id)
         # Ancestors cost O(graph) per node: compute them only for nodes that read other nodes' outputs.
-        ancestors = graph.ancestors(node.id) if graph and (node.routes or _reads_nodes(node)) else None
+        reads_nodes = any("nodes." in text for text in texts.values())
+        ancestors = graph.ancestors(node.id) if graph and (node.routes or reads_nodes) else None
         if kind == NodeKind.ROUTER:
             self._router(node, outgoing if graph else None, ancestors, known)
-        for field_name, text in node.text_fields().items():
+        for field_name, text in texts.items():
             if field_name.startswith("routes[") or "{{" not in text:
                 continue
             try:
