@@ -77,7 +77,8 @@ def build_runtime(settings: Settings, gateway: LLMGateway | None = None,
     default = settings.default_provider
     if gateway is not None and "CREWFLOW_DEFAULT_PROVIDER" not in settings.extra:
         default = ""
-    return ProviderRoutingRuntime(ScriptedRuntime(), crewai_runtime if gateway is not None else None,
+    scripted = ScriptedRuntime(latency=settings.scripted_latency, stream=settings.scripted_latency > 0)
+    return ProviderRoutingRuntime(scripted, crewai_runtime if gateway is not None else None,
                                   default_provider=default)  # fmt: skip
 
 

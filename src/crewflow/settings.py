@@ -19,6 +19,19 @@ def _int(env: Mapping[str, str], key: str, default: int) -> int:
         raise ValueError(f"{key} must be an integer, got {raw!r}") from None
 
 
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a number, got {raw!r}") from None
+    if not 0 <= value <= 3600:
+        raise ValueError(f"{key} must be between 0 and 3600")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """``database_url`` None means the embedded SQLite file under ``data_dir``."""
@@ -29,6 +42,7 @@ class Settings:
     mongodb_url: str | None = None
     default_provider: str = "scripted"
     providers_file: str | None = None
+    scripted_latency: float = 0.0  # seconds each offline ``scripted`` answer takes (demos: to watch a run live)
     tenant: str = "local"
     max_parallel: int = 8
     db_pool_size: int = 20
@@ -48,6 +62,7 @@ class Settings:
             mongodb_url=env.get("CREWFLOW_MONGODB_URL") or None,
             default_provider=env.get("CREWFLOW_DEFAULT_PROVIDER", "scripted"),
             providers_file=env.get("CREWFLOW_PROVIDERS") or None,
+            scripted_latency=_float(env, "CREWFLOW_SCRIPTED_LATENCY", 0.0),
             tenant=env.get("CREWFLOW_TENANT", "local"),
             max_parallel=_int(env, "CREWFLOW_MAX_PARALLEL", 8),
             db_pool_size=_int(env, "CREWFLOW_DB_POOL_SIZE", 20),

@@ -283,6 +283,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1 and --port between 1 and 65535")
     if args.demo:
         os.environ["CREWFLOW_DEMO"] = "1"  # read by every server worker at start-up
+        # offline answers take a moment and stream word by word, so a demo run can be watched live
+        os.environ.setdefault("CREWFLOW_SCRIPTED_LATENCY", "0.8")
     print(f"crewflow serving on http://{args.host}:{args.port} (API docs: /api/v1/schema)", file=sys.stderr)
     uvicorn.run("crewflow.entrypoints.http.asgi:app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning", proxy_headers=args.proxy_headers)  # fmt: skip

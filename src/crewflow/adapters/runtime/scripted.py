@@ -48,11 +48,18 @@ class ScriptedRuntime:
 
     async def run_agent(self, work: AgentWork, emit: NodeEmitter) -> NodeOutcome:
         self.calls.append((work.node_id, work.attempt))
-        await self._pause()
-        self._maybe_fail(work.node_id, work.attempt)
         template = self.replies.get(work.node_id) or self.replies.get(work.agent.id) or DEFAULT_REPLY
         answer = self._answer(template, work.agent, work.task, work.expected_output, work.inputs)
-        self._stream(answer, emit)
+        if self.stream and self.latency > 0:  # words come out over the latency, like a streaming model
+            words = answer.split(" ")
+            for word in words:
+                await asyncio.sleep(self.latency / len(words))
+                emit(EventKind.NODE_TOKEN, {"text": word + " "})
+            self._maybe_fail(work.node_id, work.attempt)
+        else:
+            await self._pause()
+            self._maybe_fail(work.node_id, work.attempt)
+            self._stream(answer, emit)
         return NodeOutcome(output=answer, input_tokens=_tokens(work.task), output_tokens=_tokens(answer))
 
     async def run_crew(self, work: CrewWork, emit: NodeEmitter) -> NodeOutcome:
