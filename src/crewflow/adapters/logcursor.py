@@ -11,8 +11,10 @@ import base64
 import binascii
 import json
 import math
+from collections.abc import Sequence
+from typing import Protocol
 
-__all__ = ["InvalidCursor", "decode_cursor", "encode_cursor"]
+__all__ = ["InvalidCursor", "check_limit", "decode_cursor", "encode_cursor", "next_cursor"]
 
 
 class InvalidCursor(ValueError):
@@ -38,3 +40,23 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     ):
         raise InvalidCursor("malformed page cursor")
     return float(created_at), item_id
+
+
+class _Keyed(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
+
+
+def next_cursor(items: Sequence[_Keyed], more: bool) -> str | None:
+    """The cursor after the last item of a page, or None when it is the last page."""
+    if not more or not items:
+        return None
+    last = items[-1]
+    return encode_cursor(last.created_at, last.id)
+
+
+def check_limit(limit: int) -> None:
+    if limit < 1:
+        raise ValueError("limit must be at least 1")

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from crewflow.adapters.logcursor import decode_cursor, encode_cursor
+from crewflow.adapters.logcursor import check_limit, decode_cursor, next_cursor
 from crewflow.domain.events import EventKind, ExecutionEvent
 from crewflow.domain.logs import AuditEntry, ChatMessageRecord, Page
 
@@ -46,10 +46,6 @@ def collection_names(tenant_id: str) -> tuple[str, str, str]:
 def _as_datetime(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=UTC)
 
-
-def _check_limit(limit: int) -> None:
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
 
 
 class _Models:
@@ -292,7 +288,7 @@ class MongoTenantLogStore:
         await _insert_ignoring_duplicates(models.events, docs)
 
     async def events_after(self, execution_id: str, after_seq: int = 0, limit: int = 1000) -> list[ExecutionEvent]:
-        _check_limit(limit)
+        check_limit(limit)
         models = await self._store.models_for(self._tenant_id)
         found = (
             await models.events.find(
@@ -322,7 +318,7 @@ class MongoTenantLogStore:
         await _insert_ignoring_duplicates(models.chat, [doc])
 
     async def chat_messages(self, chat_id: str, cursor: str | None = None, limit: int = 50) -> Page[ChatMessageRecord]:
-        _check_limit(limit)
+        check_limit(limit)
         models = await self._store.models_for(self._tenant_id)
         query: dict[str, Any] = {"tenant_id": self._tenant_id, "chat_id": chat_id}
         if cursor is not None:
@@ -332,7 +328,7 @@ class MongoTenantLogStore:
         items = tuple(
             ChatMessageRecord(d.record_id, d.chat_id, d.role, d.content, d.at, dict(d.metadata)) for d in found[:limit]
         )
-        return Page(items, _next_cursor(items, len(found) > limit))
+        return Page(items, next_cursor(items, len(found) > limit))
 
     async def add_audit(self, entry: AuditEntry) -> None:
         models = await self._store.models_for(self._tenant_id)
@@ -352,7 +348,7 @@ class MongoTenantLogStore:
         await _insert_ignoring_duplicates(models.audit, [doc])
 
     async def audit_entries(self, cursor: str | None = None, limit: int = 50) -> Page[AuditEntry]:
-        _check_limit(limit)
+        check_limit(limit)
         models = await self._store.models_for(self._tenant_id)
         query: dict[str, Any] = {"tenant_id": self._tenant_id}
         if cursor is not None:
@@ -373,7 +369,7 @@ class MongoTenantLogStore:
             )
             for d in found[:limit]
         )
-        return Page(items, _next_cursor(items, len(found) > limit))
+        return Page(items, next_cursor(items, len(found) > limit))
 
     async def purge_before(self, cutoff: float) -> int:
         models = await self._store.models_for(self._tenant_id)
@@ -383,9 +379,3 @@ class MongoTenantLogStore:
             removed += result.deleted_count if result is not None else 0
         return removed
 
-
-def _next_cursor(items: Sequence[ChatMessageRecord | AuditEntry], more: bool) -> str | None:
-    if not more or not items:
-        return None
-    last = items[-1]
-    return encode_cursor(last.created_at, last.id)

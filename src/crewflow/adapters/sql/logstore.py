@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from crewflow.adapters.logcursor import decode_cursor, encode_cursor
+from crewflow.adapters.logcursor import check_limit, decode_cursor, next_cursor
 from crewflow.adapters.sql.engine import SqlDatabase
 from crewflow.adapters.sql.tables import AUDIT_LOGS, CHAT_MESSAGES, EXECUTION_EVENTS
 from crewflow.domain.errors import NotFound
@@ -27,10 +27,6 @@ from crewflow.domain.logs import AuditEntry, ChatMessageRecord, Page
 
 __all__ = ["SqlLogStore", "SqlTenantLogStore"]
 
-
-def _check_limit(limit: int) -> None:
-    if limit < 1:
-        raise ValueError("limit must be at least 1")
 
 
 async def _insert_ignoring_duplicates(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
@@ -104,7 +100,7 @@ class SqlTenantLogStore:
             await append_events_in(conn, events)
 
     async def events_after(self, execution_id: str, after_seq: int = 0, limit: int = 1000) -> list[ExecutionEvent]:
-        _check_limit(limit)
+        check_limit(limit)
         t = EXECUTION_EVENTS
         query = (
             sa.select(t.c.execution_id, t.c.seq, t.c.kind, t.c.at, t.c.node_id, t.c.data)
@@ -131,7 +127,7 @@ class SqlTenantLogStore:
             await _insert_ignoring_duplicates(conn, CHAT_MESSAGES, [row])
 
     async def chat_messages(self, chat_id: str, cursor: str | None = None, limit: int = 50) -> Page[ChatMessageRecord]:
-        _check_limit(limit)
+        check_limit(limit)
         t = CHAT_MESSAGES
         query = sa.select(t.c.id, t.c.chat_id, t.c.role, t.c.content, t.c.created_at, t.c.metadata).where(
             t.c.chat_id == chat_id
@@ -146,7 +142,7 @@ class SqlTenantLogStore:
             ChatMessageRecord(r.id, r.chat_id, r.role, r.content, r.created_at, _mapping(r.metadata))
             for r in rows[:limit]
         )
-        return Page(items, _next_cursor(items, len(rows) > limit))
+        return Page(items, next_cursor(items, len(rows) > limit))
 
     async def add_audit(self, entry: AuditEntry) -> None:
         row = {
@@ -164,7 +160,7 @@ class SqlTenantLogStore:
             await _insert_ignoring_duplicates(conn, AUDIT_LOGS, [row])
 
     async def audit_entries(self, cursor: str | None = None, limit: int = 50) -> Page[AuditEntry]:
-        _check_limit(limit)
+        check_limit(limit)
         t = AUDIT_LOGS
         query = sa.select(
             t.c.id, t.c.action, t.c.created_at, t.c.actor_id, t.c.object_type, t.c.object_id,
@@ -190,7 +186,7 @@ class SqlTenantLogStore:
             )
             for r in rows[:limit]
         )
-        return Page(items, _next_cursor(items, len(rows) > limit))
+        return Page(items, next_cursor(items, len(rows) > limit))
 
     async def purge_before(self, cutoff: float) -> int:
         removed = 0
@@ -208,9 +204,3 @@ class SqlTenantLogStore:
 def _mapping(value: Any) -> Mapping[str, Any]:
     return dict(value) if value else {}
 
-
-def _next_cursor(items: Sequence[ChatMessageRecord | AuditEntry], more: bool) -> str | None:
-    if not more or not items:
-        return None
-    last = items[-1]
-    return encode_cursor(last.created_at, last.id)
