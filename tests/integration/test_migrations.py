@@ -13,8 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,27 +31,6 @@ pytestmark = pytest.mark.integration
 
 ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "postgres"}
 TEST_REVISION = "x0001_marker"
-
-
-def _admin(sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(**ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    name = f"crewflow_mig_{uuid.uuid4().hex[:12]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

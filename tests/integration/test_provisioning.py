@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,28 +30,6 @@ from crewflow.domain.tenancy import Tenant, schema_name_for
 pytestmark = pytest.mark.integration
 
 ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "postgres"}
-
-
-def _admin(sql: str) -> None:
-    async def run() -> None:
-        conn = await asyncpg.connect(**ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(run())
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database of its own (migrated), dropped afterwards."""
-    name = f"crewflow_prov_{uuid.uuid4().hex[:12]}"
-    _admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
