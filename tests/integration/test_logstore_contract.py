@@ -258,6 +258,42 @@ async def test_purge_removes_records_older_than_the_cutoff_and_counts_them(harne
     assert await logs.purge_before(T0 + 3) == 0
 
 
+async def test_purging_executions_removes_all_their_events_and_nothing_else(harness: Harness) -> None:
+    _, logs = await harness.tenant()
+    _, other = await harness.tenant()
+    for logs_of in (logs, other):
+        await logs_of.append_events([_event(ex, s) for ex in ("ex1", "ex2", "ex3") for s in (1, 2, 3)])
+    await logs.add_chat_message(_chat("m1", "c1", T0))
+    await logs.add_audit(_audit("a1", T0))
+
+    assert await logs.purge_executions(["ex1", "ex3", "ex-unknown"]) == 6
+    assert await logs.events_after("ex1") == []
+    assert await logs.events_after("ex3") == []
+    assert [e.seq for e in await logs.events_after("ex2")] == [1, 2, 3]
+    assert await logs.purge_executions([]) == 0
+    assert await logs.purge_executions(["ex1"]) == 0
+    assert [m.id for m in (await logs.chat_messages("c1")).items] == ["m1"]
+    assert [a.id for a in (await logs.audit_entries()).items] == ["a1"]
+    assert [e.seq for e in await other.events_after("ex1")] == [1, 2, 3]  # the other tenant's are untouched
+
+
+async def test_purging_chat_messages_by_age_keeps_events_and_audit_entries(harness: Harness) -> None:
+    _, logs = await harness.tenant()
+    _, other = await harness.tenant()
+    for i in range(4):
+        await logs.add_chat_message(_chat(f"m{i}", "c1", T0 + i))
+        await other.add_chat_message(_chat(f"m{i}", "c1", T0 + i))
+    await logs.append_events([_event("ex1", 1, at=T0)])
+    await logs.add_audit(_audit("a1", T0))
+
+    assert await logs.purge_chat_messages_before(T0 + 2) == 2  # strictly before: m0, m1
+    assert [m.id for m in (await logs.chat_messages("c1")).items] == ["m2", "m3"]
+    assert await logs.purge_chat_messages_before(T0 + 2) == 0
+    assert [e.seq for e in await logs.events_after("ex1")] == [1]
+    assert [a.id for a in (await logs.audit_entries()).items] == ["a1"]
+    assert len((await other.chat_messages("c1")).items) == 4
+
+
 async def test_one_tenant_never_sees_or_purges_another_tenants_records(harness: Harness) -> None:
     _, a = await harness.tenant()
     b_id, b = await harness.tenant()

@@ -305,6 +305,128 @@ async def test_node_runs_are_checkpoints_replaced_per_node_and_deleted_with_thei
             await uow.executions.get("e1")
 
 
+async def _lease(uow_factory: SqlUnitOfWorkFactory, tenant: str, action: str, execution_id: str, worker: str,
+                 *, until: float = 0.0, now: float = 0.0) -> bool:  # fmt: skip
+    """One lease operation in its own committed unit of work, like a worker does it."""
+    async with uow_factory.for_tenant(tenant) as uow:
+        repo = uow.executions
+        if action == "claim":
+            won = await repo.claim(execution_id, worker, until=until, now=now)
+        elif action == "renew":
+            won = await repo.renew(execution_id, worker, until=until)
+        else:
+            won = await repo.release(execution_id, worker)
+        await uow.commit()
+    return won
+
+
+async def test_an_execution_lease_is_held_by_one_worker_until_it_expires_or_is_released(
+    uow_factory: SqlUnitOfWorkFactory, new_tenant: NewTenant
+) -> None:
+    tenant = await new_tenant()
+    async with uow_factory.for_tenant(tenant) as uow:
+        await uow.executions.add(_execution("e1"))
+        await uow.executions.add(replace(_execution("done"), status=RunStatus.COMPLETED))
+        await uow.commit()
+    assert await _lease(uow_factory, tenant, "claim", "e1", "w1", until=100.0, now=50.0)
+    assert not await _lease(uow_factory, tenant, "claim", "e1", "w2", until=110.0, now=60.0)  # w1's lease is live
+    assert await _lease(uow_factory, tenant, "claim", "e1", "w1", until=120.0, now=60.0)  # its holder may re-claim
+    assert await _lease(uow_factory, tenant, "renew", "e1", "w1", until=130.0)
+    assert not await _lease(uow_factory, tenant, "renew", "e1", "w2", until=999.0)  # only the holder renews
+    async with uow_factory.for_tenant(tenant) as uow:
+        e1 = await uow.executions.get("e1")
+    assert (e1.worker_id, e1.lease_expires_at) == ("w1", 130.0)
+
+    assert await _lease(uow_factory, tenant, "claim", "e1", "w2", until=200.0, now=130.0)  # expired: taken over
+    assert not await _lease(uow_factory, tenant, "renew", "e1", "w1", until=300.0)  # the old holder lost it
+    assert not await _lease(uow_factory, tenant, "release", "e1", "w1")
+    assert await _lease(uow_factory, tenant, "release", "e1", "w2")
+    async with uow_factory.for_tenant(tenant) as uow:
+        e1 = await uow.executions.get("e1")
+    assert (e1.worker_id, e1.lease_expires_at) == (None, None)
+    assert await _lease(uow_factory, tenant, "claim", "e1", "w3", until=400.0, now=0.0)  # released: free at once
+
+    assert not await _lease(uow_factory, tenant, "claim", "done", "w1", until=100.0, now=50.0)  # finished
+    assert not await _lease(uow_factory, tenant, "claim", "missing", "w1", until=100.0, now=50.0)
+    async with uow_factory.for_tenant(tenant) as uow:
+        assert (await uow.executions.get("done")).worker_id is None
+
+
+async def test_concurrent_claims_of_one_execution_let_exactly_one_worker_win(
+    uow_factory: SqlUnitOfWorkFactory, new_tenant: NewTenant
+) -> None:
+    tenant = await new_tenant()
+    async with uow_factory.for_tenant(tenant) as uow:
+        await uow.executions.add(_execution("e1"))
+        await uow.commit()
+    results = await asyncio.gather(
+        *(_lease(uow_factory, tenant, "claim", "e1", f"w{i}", until=100.0, now=1.0) for i in range(6)),
+        return_exceptions=True,
+    )
+    won = [f"w{i}" for i, r in enumerate(results) if r is True]
+    assert len(won) == 1, results  # the others lost (False) or, on SQLite, found the database busy
+    async with uow_factory.for_tenant(tenant) as uow:
+        assert (await uow.executions.get("e1")).worker_id == won[0]
+
+
+async def test_expired_leases_and_never_claimed_executions_are_listed_for_the_watchdog(
+    uow_factory: SqlUnitOfWorkFactory, new_tenant: NewTenant
+) -> None:
+    tenant = await new_tenant()
+
+    def leased(execution_id: str, created: float, worker: str | None, expires: float | None,
+               status: RunStatus = RunStatus.RUNNING) -> Execution:  # fmt: skip
+        return replace(_execution(execution_id, created_at=created), status=status, worker_id=worker,
+                       lease_expires_at=expires)  # fmt: skip
+
+    async with uow_factory.for_tenant(tenant) as uow:
+        for execution in [
+            leased("expired-b", 20.0, "w1", 90.0),
+            leased("expired-a", 10.0, "w2", 100.0),  # expires exactly now: expired
+            leased("live", 5.0, "w3", 101.0),
+            leased("finished", 1.0, "w4", 10.0, RunStatus.FAILED),
+            leased("unclaimed-old", 30.0, None, None, RunStatus.PENDING),
+            leased("unclaimed-new", 80.0, None, None, RunStatus.PENDING),
+        ]:
+            await uow.executions.add(execution)
+        await uow.commit()
+    async with uow_factory.for_tenant(tenant) as uow:
+        expired = await uow.executions.list_expired(100.0)
+        assert [e.id for e in expired] == ["expired-a", "expired-b"]  # oldest first
+        assert expired[0].worker_id == "w2"
+        both = await uow.executions.list_expired(100.0, unclaimed_before=50.0)
+        assert [e.id for e in both] == ["expired-a", "expired-b", "unclaimed-old"]
+        assert [e.id for e in await uow.executions.list_expired(100.0, 1, unclaimed_before=50.0)] == ["expired-a"]
+        with pytest.raises(ValueError, match="limit"):
+            await uow.executions.list_expired(100.0, 0)
+
+
+async def test_finished_executions_are_listed_by_age_and_deleted_with_their_checkpoints(
+    uow_factory: SqlUnitOfWorkFactory, new_tenant: NewTenant
+) -> None:
+    tenant = await new_tenant()
+    async with uow_factory.for_tenant(tenant) as uow:
+        await uow.executions.add(replace(_execution("old-done", created_at=10.0), status=RunStatus.COMPLETED,
+                                         finished_at=20.0))  # fmt: skip
+        await uow.executions.add(replace(_execution("old-failed", created_at=11.0), status=RunStatus.FAILED))
+        # created before the cutoff but ended after it: kept
+        await uow.executions.add(replace(_execution("long-run", created_at=12.0), status=RunStatus.CANCELLED,
+                                         finished_at=500.0))  # fmt: skip
+        await uow.executions.add(replace(_execution("old-running", created_at=13.0), status=RunStatus.RUNNING))
+        await uow.node_runs.save(_run(execution_id="old-done"))
+        await uow.commit()
+    async with uow_factory.for_tenant(tenant) as uow:
+        assert await uow.executions.list_finished_before(100.0) == ["old-done", "old-failed"]
+        assert await uow.executions.list_finished_before(100.0, 1) == ["old-done"]
+        assert await uow.executions.delete_many(["old-done", "old-failed", "never-existed"]) == 2
+        assert await uow.executions.delete_many([]) == 0
+        await uow.commit()
+    async with uow_factory.for_tenant(tenant) as uow:
+        assert await uow.node_runs.find("old-done", "research") is None
+        assert [e.id for e in (await uow.executions.list()).items] == ["old-running", "long-run"]
+        assert await uow.executions.list_finished_before(1e12) == ["long-run"]
+
+
 async def test_providers_keep_their_sealed_key_and_list_in_failover_order(
     uow_factory: SqlUnitOfWorkFactory, new_tenant: NewTenant
 ) -> None:
@@ -536,6 +658,12 @@ async def _snapshot(uow: SqlUnitOfWork) -> list[Any]:
     ]  # fmt: skip
 
 
+async def _require(outcome: Awaitable[bool | int]) -> None:
+    """A lease or bulk operation reports what it did instead of raising: nothing, here, is ``NotFound``."""
+    if not await outcome:
+        raise NotFound("execution", "e1")
+
+
 async def test_data_of_one_tenant_is_invisible_to_another_through_every_repository(
     uow_factory: SqlUnitOfWorkFactory, new_tenant: NewTenant
 ) -> None:
@@ -570,6 +698,10 @@ async def test_data_of_one_tenant_is_invisible_to_another_through_every_reposito
         lambda u: u.executions.update(_execution()),
         lambda u: u.executions.record_progress("e1", status=RunStatus.CANCELLED, last_seq=99),
         lambda u: u.executions.delete("e1"),
+        lambda u: _require(u.executions.claim("e1", "intruder", until=1e12, now=1e11)),
+        lambda u: _require(u.executions.renew("e1", "intruder", until=1e12)),
+        lambda u: _require(u.executions.release("e1", "intruder")),
+        lambda u: _require(u.executions.delete_many(["e1"])),
         lambda u: u.node_runs.save(_run(output="hijacked")),
         lambda u: u.providers.update(_provider(model="hijacked")),
         lambda u: u.providers.delete("p1"),
@@ -597,6 +729,8 @@ async def test_data_of_one_tenant_is_invisible_to_another_through_every_reposito
         assert (await uow.tools.list()).items == ()
         assert await uow.idempotency.find("k1") is None
         assert await uow.idempotency.purge_before(1e12) == 0
+        assert await uow.executions.list_expired(1e12, unclaimed_before=1e12) == []
+        assert await uow.executions.list_finished_before(1e12) == []
         await uow.commit()
 
     # the same ids are free to use in the other tenant, and doing so changes nothing of the owner's

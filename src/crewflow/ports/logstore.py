@@ -5,7 +5,7 @@ tenant id. Adapters: SQL (same database as the rest, the default) and MongoDB (b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from crewflow.domain.events import ExecutionEvent
@@ -37,6 +37,15 @@ class TenantLogStore(Protocol):
 
     async def purge_before(self, cutoff: float) -> int:
         """Delete everything created before ``cutoff`` (epoch seconds); returns how many records went."""
+        ...
+
+    async def purge_executions(self, execution_ids: Collection[str]) -> int:
+        """Delete every event of these executions (the retention cleanup, after their rows went); returns
+        how many events went."""
+        ...
+
+    async def purge_chat_messages_before(self, cutoff: float) -> int:
+        """Delete chat messages created before ``cutoff`` (audit entries are kept); returns how many went."""
         ...
 
 

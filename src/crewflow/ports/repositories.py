@@ -146,6 +146,40 @@ class ExecutionRepository(Protocol):
         """Executions of one flow, newest first."""
         ...
 
+    # -- leases of distributed workers (ADR 0012) --
+    async def claim(self, execution_id: str, worker_id: str, *, until: float, now: float) -> bool:
+        """Take the lease of a ``pending``/``running`` execution for ``worker_id`` until ``until``, in one
+        conditional UPDATE: it wins when no worker holds the execution, when the holder's lease expired
+        (``lease_expires_at <= now``) or when ``worker_id`` holds it already. True when ``worker_id`` holds it
+        afterwards; False when another worker's live lease holds it, it is finished, or it does not exist."""
+        ...
+
+    async def renew(self, execution_id: str, worker_id: str, *, until: float) -> bool:
+        """Move the lease's expiry to ``until`` while ``worker_id`` still holds it (even past its expiry: as
+        long as nobody claimed it, nobody else ran it). False when another worker took it or it was released."""
+        ...
+
+    async def release(self, execution_id: str, worker_id: str) -> bool:
+        """Clear the lease if ``worker_id`` holds it (whatever the status); False when it did not."""
+        ...
+
+    async def list_expired(self, now: float, limit: int = 100, *,
+                           unclaimed_before: float | None = None) -> Sequence[Execution]:  # fmt: skip
+        """``pending``/``running`` executions whose lease expired (``lease_expires_at <= now``) and, when
+        ``unclaimed_before`` is given, those no worker holds that were created before it: what the watchdog
+        must rescue. Oldest first (created_at, id), at most ``limit`` (1-100)."""
+        ...
+
+    async def list_finished_before(self, cutoff: float, limit: int = 100) -> Sequence[str]:
+        """Ids of finished executions (completed, failed, cancelled) that ended (or, without an end time, were
+        created) before ``cutoff``: the retention cleanup's candidates. Oldest first, at most ``limit`` (1-100)."""
+        ...
+
+    async def delete_many(self, execution_ids: Collection[str]) -> int:
+        """Delete these executions with their node checkpoints (missing ids are ignored); returns how many
+        executions went."""
+        ...
+
 
 class NodeRunRepository(Protocol):
     async def save(self, run: NodeRun) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -378,4 +378,17 @@ class MongoTenantLogStore:
             result = await model.find({"tenant_id": self._tenant_id, "at": {"$lt": cutoff}}).delete()
             removed += result.deleted_count if result is not None else 0
         return removed
+
+    async def purge_executions(self, execution_ids: Collection[str]) -> int:
+        ids = sorted(set(execution_ids))
+        if not ids:
+            return 0
+        models = await self._store.models_for(self._tenant_id)
+        result = await models.events.find({"tenant_id": self._tenant_id, "execution_id": {"$in": ids}}).delete()
+        return result.deleted_count if result is not None else 0
+
+    async def purge_chat_messages_before(self, cutoff: float) -> int:
+        models = await self._store.models_for(self._tenant_id)
+        result = await models.chat.find({"tenant_id": self._tenant_id, "at": {"$lt": cutoff}}).delete()
+        return result.deleted_count if result is not None else 0
 

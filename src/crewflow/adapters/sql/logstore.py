@@ -11,7 +11,7 @@ audit) with ``INSERT … ON CONFLICT DO NOTHING`` on both dialects.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -199,6 +199,24 @@ class SqlTenantLogStore:
                 result = await conn.execute(sa.delete(table).where(column < cutoff))
                 removed += max(result.rowcount, 0)
         return removed
+
+    async def purge_executions(self, execution_ids: Collection[str]) -> int:
+        ids = sorted(set(execution_ids))
+        if not ids:
+            return 0
+        removed = 0
+        async with self._database.tenant_transaction(self._tenant_id) as conn:
+            for start in range(0, len(ids), 500):  # bounded IN lists (SQLite's bound-parameter limit)
+                chunk = ids[start : start + 500]
+                stmt = sa.delete(EXECUTION_EVENTS).where(EXECUTION_EVENTS.c.execution_id.in_(chunk))
+                result = await conn.execute(stmt)
+                removed += max(result.rowcount, 0)
+        return removed
+
+    async def purge_chat_messages_before(self, cutoff: float) -> int:
+        async with self._database.tenant_transaction(self._tenant_id) as conn:
+            result = await conn.execute(sa.delete(CHAT_MESSAGES).where(CHAT_MESSAGES.c.created_at < cutoff))
+        return max(result.rowcount, 0)
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

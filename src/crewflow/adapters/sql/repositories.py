@@ -393,6 +393,8 @@ def _execution(row: sa.Row[Any]) -> Execution:
 
 
 _NEWEST_EXECUTIONS = [EXECUTIONS.c.created_at, EXECUTIONS.c.id]
+_UNFINISHED = [str(s) for s in RunStatus if not s.is_terminal]
+_FINISHED = [str(s) for s in RunStatus if s.is_terminal]
 
 
 class SqlExecutionRepository(_Repository):
@@ -453,6 +455,66 @@ class SqlExecutionRepository(_Repository):
         query = sa.select(EXECUTIONS).where(EXECUTIONS.c.flow_id == flow_id)
         return await _paged(self._conn, query, _NEWEST_EXECUTIONS, descending=True,
                             cursor=cursor, limit=limit, convert=_execution)  # fmt: skip
+
+    # -- leases: one conditional UPDATE each, so two workers racing for a row serialise on its row lock and
+    # the loser's WHERE no longer matches (PostgreSQL re-checks it on the updated row; SQLite has one writer)
+    async def claim(self, execution_id: str, worker_id: str, *, until: float, now: float) -> bool:
+        t = EXECUTIONS
+        stmt = (
+            t.update()
+            .where(
+                t.c.id == execution_id,
+                t.c.status.in_(_UNFINISHED),
+                sa.or_(t.c.worker_id.is_(None), t.c.lease_expires_at.is_(None), t.c.lease_expires_at <= now,
+                       t.c.worker_id == worker_id),
+            )
+            .values(worker_id=worker_id, lease_expires_at=until)
+        )  # fmt: skip
+        return bool((await self._conn.execute(stmt)).rowcount == 1)
+
+    async def renew(self, execution_id: str, worker_id: str, *, until: float) -> bool:
+        t = EXECUTIONS
+        stmt = t.update().where(t.c.id == execution_id, t.c.worker_id == worker_id).values(lease_expires_at=until)
+        return bool((await self._conn.execute(stmt)).rowcount == 1)
+
+    async def release(self, execution_id: str, worker_id: str) -> bool:
+        t = EXECUTIONS
+        stmt = (
+            t.update()
+            .where(t.c.id == execution_id, t.c.worker_id == worker_id)
+            .values(worker_id=None, lease_expires_at=None)
+        )
+        return bool((await self._conn.execute(stmt)).rowcount == 1)
+
+    async def list_expired(self, now: float, limit: int = 100, *,
+                           unclaimed_before: float | None = None) -> Sequence[Execution]:  # fmt: skip
+        _check_limit(limit)
+        t = EXECUTIONS
+        stale: sa.ColumnElement[bool] = t.c.lease_expires_at <= now
+        if unclaimed_before is not None:
+            never = sa.and_(t.c.worker_id.is_(None), t.c.lease_expires_at.is_(None), t.c.created_at < unclaimed_before)
+            stale = sa.or_(stale, never)
+        query = (sa.select(EXECUTIONS).where(t.c.status.in_(_UNFINISHED), stale)
+                 .order_by(t.c.created_at, t.c.id).limit(limit))  # fmt: skip
+        return [_execution(row) for row in (await self._conn.execute(query)).all()]
+
+    async def list_finished_before(self, cutoff: float, limit: int = 100) -> Sequence[str]:
+        _check_limit(limit)
+        t = EXECUTIONS
+        ended = sa.func.coalesce(t.c.finished_at, t.c.created_at)
+        query = (sa.select(t.c.id).where(t.c.status.in_(_FINISHED), ended < cutoff)
+                 .order_by(t.c.created_at, t.c.id).limit(limit))  # fmt: skip
+        return list((await self._conn.execute(query)).scalars().all())
+
+    async def delete_many(self, execution_ids: Collection[str]) -> int:
+        ids = sorted(set(execution_ids))
+        removed = 0
+        for start in range(0, len(ids), 500):  # bounded IN lists (SQLite's bound-parameter limit)
+            chunk = ids[start : start + 500]
+            await self._conn.execute(NODE_RUNS.delete().where(NODE_RUNS.c.execution_id.in_(chunk)))
+            result = await self._conn.execute(EXECUTIONS.delete().where(EXECUTIONS.c.id.in_(chunk)))
+            removed += max(result.rowcount, 0)
+        return removed
 
 
 def _node_run_values(run: NodeRun) -> dict[str, Any]:
