@@ -80,12 +80,18 @@ class ExecutionRecorder:
     bus: EventBus
     clock: Clock
     checkpoints_store_events: bool = False  # the checkpoint sink also writes the replay log (one commit)
+    # Sinks after the bus (metrics, webhooks, …): they see each batch once it is stored and published.
+    extra_sinks: Callable[[str], Sequence[EventSink]] | None = None
 
     def sinks(self, tenant_id: str) -> list[EventSink]:
         if self.checkpoints_store_events:
-            return [self.checkpoints(tenant_id), BusSink(self.bus, tenant_id)]
-        return [self.checkpoints(tenant_id), LogStoreSink(self.logstore.for_tenant(tenant_id)),
-                BusSink(self.bus, tenant_id)]
+            sinks = [self.checkpoints(tenant_id), BusSink(self.bus, tenant_id)]
+        else:
+            sinks = [self.checkpoints(tenant_id), LogStoreSink(self.logstore.for_tenant(tenant_id)),
+                     BusSink(self.bus, tenant_id)]  # fmt: skip
+        if self.extra_sinks is not None:
+            sinks.extend(self.extra_sinks(tenant_id))
+        return sinks
 
     async def end_without_run(self, tenant_id: str, execution: Execution, kind: EventKind,
                               data: Mapping[str, Any]) -> None:  # fmt: skip

@@ -16,6 +16,8 @@ __all__ = [
     "PermissionDenied",
     "Problem",
     "TemplateError",
+    "ToolBuildError",
+    "ToolUnavailable",
 ]
 
 
@@ -80,3 +82,15 @@ class NodeExecutionError(DomainError):
     def __init__(self, message: str, *, retryable: bool = True) -> None:
         self.retryable = retryable
         super().__init__(message)
+
+
+class ToolBuildError(DomainError):
+    """Building a tool's image failed (bad Dockerfile, a step failed, timeout, context too large). The
+    message is readable and safe to show the tool's owner."""
+
+
+class ToolUnavailable(NodeExecutionError):
+    """No sandbox can run this tool here (e.g. it needs Docker and no engine answers). Not retryable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)

@@ -146,9 +146,17 @@ class ToolRecord:
     input_schema: Mapping[str, Any] = field(default_factory=dict)
     output_schema: Mapping[str, Any] = field(default_factory=dict)
     dockerfile: str | None = None
-    build_status: str = "none"  # none | building | ready | failed
+    build_status: str = "none"  # none | registered | queued | building | ready | failed
     is_active: bool = True
     version: int = 1
+    script: str | None = None  # Python entry point (reads JSON on stdin): runs under bubblewrap without Docker
+    context: Mapping[str, str] = field(default_factory=dict)  # small build-context files: name -> text
+    image_digest: str | None = None  # what the last successful build produced (tag or repo@sha256:…)
+    build_error: str | None = None
+    build_log: str | None = None  # tail of the last build's log
+    built_at: float | None = None
+    limits: Mapping[str, Any] = field(default_factory=dict)  # ToolLimits fields that differ from defaults
+    warm_pool: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,18 @@ from typing import Any, Protocol
 from crewflow.domain.agents import Agent, Crew, ToolRef
 from crewflow.domain.events import EventKind
 
-__all__ = ["AgentRuntime", "AgentWork", "CrewWork", "NodeEmitter", "NodeOutcome", "ToolSandbox", "ToolWork"]
+__all__ = [
+    "AgentRuntime",
+    "AgentWork",
+    "BuiltImage",
+    "CrewWork",
+    "NodeEmitter",
+    "NodeOutcome",
+    "ToolBuildSpec",
+    "ToolBuilder",
+    "ToolSandbox",
+    "ToolWork",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +103,31 @@ class AgentRuntime(Protocol):
 
 class ToolSandbox(Protocol):
     async def run_tool(self, work: ToolWork, emit: NodeEmitter) -> NodeOutcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ToolBuildSpec:
+    """Build one version of a tenant's tool from its Dockerfile and small context files (name -> bytes)."""
+
+    tenant_id: str
+    tool_id: str
+    version: int
+    dockerfile: str
+    context: Mapping[str, bytes] = field(default_factory=dict)
+    timeout: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltImage:
+    """What a build produced: ``image`` is what to run (``repo@sha256:…`` when pushed to a registry, else the
+    local tag); ``digest`` the image id/digest."""
+
+    image: str
+    digest: str | None = None
+
+
+class ToolBuilder(Protocol):
+    async def build(self, spec: ToolBuildSpec, log: Callable[[str], None]) -> BuiltImage:
+        """Build (and push, with a registry configured) the image; each build-log line goes to ``log``.
+        Raise ``ToolBuildError`` (``crewflow.domain.errors``) with a readable reason on failure/timeout."""
+        ...

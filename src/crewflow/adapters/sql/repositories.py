@@ -646,6 +646,9 @@ def _tool_values(t: ToolRecord) -> dict[str, Any]:
         "name": t.name, "description": t.description, "docker_image": t.docker_image,
         "input_schema": dict(t.input_schema), "output_schema": dict(t.output_schema), "dockerfile": t.dockerfile,
         "build_status": t.build_status, "is_active": t.is_active, "version": t.version, "updated_at": t.updated_at,
+        "script": t.script, "context": dict(t.context) or None, "image_digest": t.image_digest,
+        "build_error": t.build_error, "build_log": t.build_log, "built_at": t.built_at,
+        "limits": dict(t.limits) or None, "warm_pool": t.warm_pool,
     }  # fmt: skip
 
 
@@ -655,7 +658,9 @@ def _tool(row: sa.Row[Any]) -> ToolRecord:
         id=m["id"], name=m["name"], created_at=m["created_at"], updated_at=m["updated_at"],
         description=m["description"], docker_image=m["docker_image"], input_schema=m["input_schema"],
         output_schema=m["output_schema"], dockerfile=m["dockerfile"], build_status=m["build_status"],
-        is_active=m["is_active"], version=m["version"],
+        is_active=m["is_active"], version=m["version"], script=m["script"], context=m["context"] or {},
+        image_digest=m["image_digest"], build_error=m["build_error"], build_log=m["build_log"],
+        built_at=m["built_at"], limits=m["limits"] or {}, warm_pool=m["warm_pool"],
     )  # fmt: skip
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "EXECUTION_EVENTS",
     "FLOWS",
     "FLOW_VERSIONS",
+    "FLOW_WEBHOOKS",
     "IDEMPOTENCY_KEYS",
     "LLM_PROVIDERS",
     "NAMING_CONVENTION",
@@ -43,6 +44,7 @@ __all__ = [
     "TENANTS",
     "TOOLS",
     "USERS",
+    "WEBHOOK_DELIVERIES",
     "UTCDateTime",
 ]
 
@@ -255,6 +257,51 @@ TOOLS = sa.Table(
     sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
     sa.Column("created_at", EPOCH, nullable=False),
     sa.Column("updated_at", EPOCH, nullable=False),
+    # t0002: the sandbox (script entry point, build context and results, limits, warm pool)
+    sa.Column("script", sa.Text()),
+    sa.Column("context", _json()),
+    sa.Column("image_digest", sa.String(500)),
+    sa.Column("build_error", sa.Text()),
+    sa.Column("build_log", sa.Text()),
+    sa.Column("built_at", EPOCH),
+    sa.Column("limits", _json()),
+    sa.Column("warm_pool", sa.Integer(), nullable=False, server_default="0"),
+)
+
+# t0002: a flow's webhook (notified when an execution of the flow ends; the HMAC secret sealed by the
+# secret cipher) and the delivery log of every notification.
+FLOW_WEBHOOKS = sa.Table(
+    "flow_webhooks",
+    TENANT,
+    sa.Column("flow_id", sa.String(128), sa.ForeignKey("flows.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("encrypted_secret", sa.LargeBinary(), nullable=False),
+    sa.Column("key_id", sa.String(64), nullable=False),
+    sa.Column("events", _json(), nullable=False),
+    sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.true()),
+    sa.Column("created_at", EPOCH, nullable=False),
+    sa.Column("updated_at", EPOCH, nullable=False),
+)
+
+WEBHOOK_DELIVERIES = sa.Table(
+    "webhook_deliveries",
+    TENANT,
+    sa.Column("id", ID, primary_key=True),
+    sa.Column("flow_id", sa.String(128), nullable=False),
+    sa.Column("execution_id", ID, nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("payload", _json(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("response_status", sa.Integer()),
+    sa.Column("error", sa.Text()),
+    sa.Column("next_attempt_at", EPOCH),
+    sa.Column("created_at", EPOCH, nullable=False),
+    sa.Column("updated_at", EPOCH, nullable=False),
+    sa.Index(None, "execution_id"),
+    sa.Index(None, "status", "next_attempt_at"),
+    sa.Index(None, "created_at"),
 )
 
 IDEMPOTENCY_KEYS = sa.Table(
