@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 __all__ = ["JobQueue", "RunExecution"]
@@ -15,6 +15,9 @@ class RunExecution:
     tenant_id: str
     execution_id: str
     request_id: str | None = None
+    # W3C trace context (``traceparent``/``tracestate``) of whoever enqueued the job, so the worker's job
+    # span continues the request's trace (``crewflow.adapters.telemetry``); None when tracing is off.
+    trace_context: dict[str, str] | None = field(default=None, compare=False)  # not part of the job's identity
 
 
 class JobQueue(Protocol):
