@@ -27,7 +27,12 @@ __all__ = ["main"]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEMO_FLOW = Path(__file__).resolve().parent.parent / "examples" / "demo.yaml"
 # Subcommand groups that live in their own modules (each exposes ``register(subparsers)``).
-EXTENSIONS = ("crewflow.entrypoints.cli_crewai", "crewflow.entrypoints.cli_admin", "crewflow.entrypoints.cli_keys")
+EXTENSIONS = (
+    "crewflow.entrypoints.cli_crewai",
+    "crewflow.entrypoints.cli_admin",
+    "crewflow.entrypoints.cli_keys",
+    "crewflow.entrypoints.cli_backup",
+)
 
 
 class UsageError(Exception):
