@@ -27,12 +27,26 @@ from crewflow.ports.uow import UnitOfWorkFactory
 from crewflow.settings import Settings
 
 if TYPE_CHECKING:
+    from crewflow.adapters.arq.queue import ArqJobQueue
     from crewflow.application.chats import ChatService
-    from crewflow.application.executions import ExecutionRecorder
+    from crewflow.application.executions import ExecutionRecorder, ExecutionRunner
     from crewflow.application.providers import RepositoryProviderRegistry
     from crewflow.ports.provisioning import TenantProvisioner
 
-__all__ = ["ApiContainer", "LocalLLM", "build_api_container", "build_engine", "build_local_llm", "build_runtime"]
+__all__ = [
+    "ApiContainer",
+    "Core",
+    "LocalLLM",
+    "WorkerContainer",
+    "build_api_container",
+    "build_core",
+    "build_engine",
+    "build_local_llm",
+    "build_runtime",
+    "build_worker_container",
+    "queue_name",
+    "worker_concurrency",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,28 +180,52 @@ def _cipher_keyring(settings: Settings) -> str:
     return _local_secret(settings, "CREWFLOW_SECRET_KEY", "secret-keyring", generate_key)
 
 
-async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds: int = 12,
-                              runtime: AgentRuntime | None = None) -> ApiContainer:  # fmt: skip
-    """Embedded defaults with no configuration (SQLite file under the data directory, migrated on start,
-    in-memory revocations and rate limits); PostgreSQL when ``CREWFLOW_DATABASE_URL`` says so (migrate it
-    with ``crewflow migrate`` first). ``runtime`` replaces the agent runtime (tests, embedding)."""
+@dataclass
+class Core:
+    """What the API and the worker share: storage, the engine and where execution events go. Built once per
+    process by ``build_core``; ``closers`` release what it opened (in reverse order)."""
+
+    settings: Settings
+    clock: Clock
+    uow_factory: UnitOfWorkFactory
+    database_url: str
+    logstore: LogStore
+    cipher: SecretCipher
+    engine: Engine
+    provider_registry: RepositoryProviderRegistry
+    bus: EventBus
+    recorder: ExecutionRecorder
+    closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for close in reversed(self.closers):
+            await close()
+        self.closers.clear()
+
+
+def _event_bus(settings: Settings) -> tuple[EventBus, Callable[[], Awaitable[object]] | None]:
+    """The live bus: in memory (one process). Watchers of a run in another process (a worker) still get
+    every event: ``watch_execution`` reads the replay log again after 2 s without a live event."""
+    from crewflow.adapters.memory.bus import MemoryEventBus
+
+    return MemoryEventBus(), None
+
+
+async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime | None = None) -> Core:
+    """Embedded defaults with no configuration (SQLite file under the data directory, migrated on start);
+    PostgreSQL when ``CREWFLOW_DATABASE_URL`` says so (migrate it with ``crewflow migrate`` first), MongoDB
+    for the logs when ``CREWFLOW_MONGODB_URL`` is set. ``runtime`` replaces the agent runtime."""
     from pathlib import Path
 
-    from crewflow.adapters.auth import BcryptHasher, JwtTokenService
     from crewflow.adapters.cache.memory import MemoryCache
     from crewflow.adapters.crypto.aesgcm import AesGcmCipher
     from crewflow.adapters.llm import build_provider
-    from crewflow.adapters.memory import MemoryRateLimiter, MemoryTokenRevocations
-    from crewflow.adapters.memory.bus import MemoryEventBus
-    from crewflow.adapters.memory.queue import InProcessJobQueue
     from crewflow.adapters.sql import PostgresDatabase, SqlUnitOfWorkFactory, open_database
     from crewflow.adapters.sql.catalog_budget import limit_tenants_per_connection
     from crewflow.adapters.sql.checkpoints import CheckpointSink
     from crewflow.adapters.sql.logstore import SqlLogStore
     from crewflow.adapters.sql.migrate import migrate
-    from crewflow.adapters.sql.provisioning import PostgresProvisioner, open_provisioner
-    from crewflow.application.chats import ChatService
-    from crewflow.application.executions import ExecutionRecorder, ExecutionRunner
+    from crewflow.application.executions import ExecutionRecorder
     from crewflow.application.gateway import Gateway
     from crewflow.application.providers import RepositoryProviderRegistry
 
@@ -200,15 +238,9 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
             failed = ", ".join(r.schema for r in report.failed)
             raise RuntimeError(f"migrating the embedded database failed for: {failed}")
     database = open_database(url, pool_size=settings.db_pool_size)
-    spares = 0
     if isinstance(database, PostgresDatabase):
-        # Bound per-connection catalog memory across many tenants (ADR 0006), and keep a few spare schemas
-        # at the current revision so registering a tenant is a rename (~ms) rather than DDL (~150 ms here).
+        # Bound per-connection catalog memory across many tenants (ADR 0006).
         limit_tenants_per_connection(database.engine, settings.tenants_per_connection)
-        spares = settings.spare_schemas
-    provisioner = open_provisioner(url, spare_pool_size=spares)
-    if spares and isinstance(provisioner, PostgresProvisioner):
-        provisioner.start()  # fill the spare pool now rather than on the first registration
     clock = SystemClock()
     uow_factory = SqlUnitOfWorkFactory(database)
     cipher = AesGcmCipher.from_setting(_cipher_keyring(settings))
@@ -224,34 +256,135 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     provider_registry = RepositoryProviderRegistry(uow_factory, cipher, build_provider, clock)
     # non-scripted agents run on CrewAI over the failover gateway with each tenant's providers
     engine = build_engine(settings, runtime=runtime, gateway=Gateway(provider_registry, cache=MemoryCache()))
-    bus = MemoryEventBus()
+    bus, close_bus = _event_bus(settings)
     recorder = ExecutionRecorder(
         lambda tenant_id: CheckpointSink(uow_factory, tenant_id, store_events=events_with_checkpoints),
         logstore, bus, clock, checkpoints_store_events=events_with_checkpoints,
     )
-    concurrency = int(settings.extra.get("CREWFLOW_WORKER_CONCURRENCY") or 4)
+    core = Core(settings=settings, clock=clock, uow_factory=uow_factory, database_url=url, logstore=logstore,
+                cipher=cipher, engine=engine, provider_registry=provider_registry, bus=bus,
+                recorder=recorder)  # fmt: skip
+    core.closers.extend([database.dispose, provider_registry.close])
+    if not events_with_checkpoints:
+        core.closers.append(logstore.close)
+    if close_bus is not None:
+        core.closers.append(close_bus)
+    return core
+
+
+def queue_name(settings: Settings) -> str:
+    """The arq queue (``CREWFLOW_QUEUE``, default ``crewflow:queue``) the API enqueues on and workers take."""
+    from crewflow.adapters.arq.queue import DEFAULT_QUEUE
+
+    return settings.extra.get("CREWFLOW_QUEUE") or DEFAULT_QUEUE
+
+
+def _positive_int(settings: Settings, variable: str, default: int) -> int:
+    raw = settings.extra.get(variable)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{variable} must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{variable} must be at least 1")
+    return value
+
+
+def worker_concurrency(settings: Settings) -> int:
+    """Executions one worker runs at once (``CREWFLOW_WORKER_CONCURRENCY``, default 4)."""
+    return _positive_int(settings, "CREWFLOW_WORKER_CONCURRENCY", 4)
+
+
+async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds: int = 12,
+                              runtime: AgentRuntime | None = None) -> ApiContainer:  # fmt: skip
+    """The shared core (``build_core``) plus what only the HTTP API needs: tenant provisioning (with spare
+    PostgreSQL schemas), authentication, in-memory revocations and rate limits, chats, and the job queue —
+    in-process workers when ``CREWFLOW_REDIS_URL`` is unset; with it, the arq queue, and this process only
+    enqueues (``crewflow worker`` processes run the executions)."""
+    from crewflow.adapters.auth import BcryptHasher, JwtTokenService
+    from crewflow.adapters.memory import MemoryRateLimiter, MemoryTokenRevocations
+    from crewflow.adapters.memory.queue import InProcessJobQueue
+    from crewflow.adapters.sql.provisioning import PostgresProvisioner, open_provisioner
+    from crewflow.application.chats import ChatService
+    from crewflow.application.executions import ExecutionRunner
+
+    settings = settings or Settings.from_env()
+    core = await build_core(settings, runtime=runtime)
+    # Keep a few spare schemas at the current revision so registering a tenant is a rename (~ms) rather than
+    # DDL (~150 ms here); SQLite has no schemas to keep.
+    spares = 0 if core.database_url.startswith("sqlite") else settings.spare_schemas
+    provisioner = open_provisioner(core.database_url, spare_pool_size=spares)
+    if spares and isinstance(provisioner, PostgresProvisioner):
+        provisioner.start()  # fill the spare pool now rather than on the first registration
+    queue: JobQueue
+    if settings.redis_url:
+        from crewflow.adapters.arq.queue import ArqJobQueue
+
+        queue = ArqJobQueue(settings.redis_url, queue_name=queue_name(settings))
+    else:
+        runner = ExecutionRunner(core.uow_factory, core.engine, core.recorder)
+        queue = InProcessJobQueue(runner, concurrency=worker_concurrency(settings))
     container = ApiContainer(
         settings=settings,
-        clock=clock,
+        clock=core.clock,
         ids=UuidGenerator(),
-        uow_factory=uow_factory,
-        logstore=logstore,
+        uow_factory=core.uow_factory,
+        logstore=core.logstore,
         provisioner=provisioner,
         hasher=BcryptHasher(bcrypt_rounds),
         tokens=JwtTokenService(_jwt_secret(settings)),
         revocations=MemoryTokenRevocations(),
         limiter=MemoryRateLimiter(),
-        cipher=cipher,
-        engine=engine,
-        provider_registry=provider_registry,
-        bus=bus,
-        recorder=recorder,
-        queue=InProcessJobQueue(ExecutionRunner(uow_factory, engine, recorder), concurrency=concurrency),
-        chats=ChatService(uow_factory, logstore, bus, engine.runtime, clock, UuidGenerator()),
+        cipher=core.cipher,
+        engine=core.engine,
+        provider_registry=core.provider_registry,
+        bus=core.bus,
+        recorder=core.recorder,
+        queue=queue,
+        chats=ChatService(core.uow_factory, core.logstore, core.bus, core.engine.runtime, core.clock, UuidGenerator()),
     )
-    container.closers.extend([database.dispose, provisioner.aclose, container.provider_registry.close])
-    if not events_with_checkpoints:
-        container.closers.append(logstore.close)
+    container.closers.extend([core.aclose, provisioner.aclose])
     container.closers.append(container.queue.close)  # closed first: running jobs still reach the database
     container.closers.append(container.chats.close)
     return container
+
+
+# -- the worker -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerContainer:
+    """What a ``crewflow worker`` process needs: the shared core, the job handler, and the queue (to enqueue
+    again from cron jobs). Built by ``build_worker_container``."""
+
+    core: Core
+    worker_id: str
+    runner: ExecutionRunner  # the job handler, the same one the in-process queue calls
+    queue: ArqJobQueue
+
+    @property
+    def settings(self) -> Settings:
+        return self.core.settings
+
+    async def aclose(self) -> None:
+        await self.queue.close()
+        await self.core.aclose()
+
+
+async def build_worker_container(settings: Settings | None = None, *, runtime: AgentRuntime | None = None,
+                                 worker_id: str | None = None) -> WorkerContainer:  # fmt: skip
+    """The API's core minus HTTP: database unit of work, log store, recorder, engine and runner. Needs
+    ``CREWFLOW_REDIS_URL`` (the queue)."""
+    from crewflow.adapters.arq.queue import ArqJobQueue
+    from crewflow.adapters.arq.worker import new_worker_id
+    from crewflow.application.executions import ExecutionRunner
+
+    settings = settings or Settings.from_env()
+    if not settings.redis_url:
+        raise ValueError("CREWFLOW_REDIS_URL is not set: workers take executions from the Redis queue")
+    core = await build_core(settings, runtime=runtime)
+    worker_id = worker_id or new_worker_id()
+    runner = ExecutionRunner(core.uow_factory, core.engine, core.recorder)
+    return WorkerContainer(core, worker_id, runner, ArqJobQueue(settings.redis_url, queue_name=queue_name(settings)))

@@ -32,6 +32,7 @@ EXTENSIONS = (
     "crewflow.entrypoints.cli_admin",
     "crewflow.entrypoints.cli_keys",
     "crewflow.entrypoints.cli_backup",
+    "crewflow.entrypoints.cli_worker",
 )
 
 

@@ -1,0 +1,151 @@
+"""The ``crewflow worker`` process: runs executions from the Redis queue (arq) until SIGTERM/SIGINT.
+
+It is wired like the API minus HTTP (``bootstrap.build_worker_container``) and calls the same job handler as
+the embedded in-process queue, ``ExecutionRunner``. On SIGTERM it stops taking jobs, gives running ones
+``grace`` seconds, then interrupts them (their completed nodes stay checkpointed) and queues them again for
+another worker. ``check_workers`` reads the heartbeats for ``crewflow worker check``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from crewflow.settings import Settings
+
+if TYPE_CHECKING:
+    from arq.cron import CronJob
+
+    from crewflow.bootstrap import WorkerContainer
+    from crewflow.ports.runtime import AgentRuntime
+
+__all__ = ["WorkerOptions", "WorkerStatus", "check_workers", "cron_jobs", "run_worker"]
+
+log = structlog.get_logger("crewflow.worker")
+
+
+def _seconds(settings: Settings, variable: str, default: float) -> float:
+    raw = settings.extra.get(variable)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{variable} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value <= 86_400:
+        raise ValueError(f"{variable} must be between 0 and 86400 seconds")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How one worker process runs. ``from_settings`` reads the ``CREWFLOW_WORKER_*`` variables."""
+
+    queue: str
+    concurrency: int = 4
+    burst: bool = False
+    grace: float = 0.0  # seconds running jobs get to finish after SIGTERM before they are interrupted
+    poll_delay: float = 0.5  # fallback poll; the wake-up list usually starts jobs within milliseconds
+    lease: float = 30.0  # a dead worker's jobs are retried after this long
+    heartbeat: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, queue: str | None = None, concurrency: int | None = None,
+                      burst: bool = False, grace: float | None = None) -> WorkerOptions:  # fmt: skip
+        from crewflow.bootstrap import queue_name, worker_concurrency
+
+        concurrency = worker_concurrency(settings) if concurrency is None else concurrency
+        if concurrency < 1:
+            raise ValueError("--concurrency must be at least 1")
+        if grace is not None and grace < 0:
+            raise ValueError("--grace must not be negative")
+        options = cls(
+            queue=queue or queue_name(settings),
+            concurrency=concurrency,
+            burst=burst,
+            grace=_seconds(settings, "CREWFLOW_WORKER_GRACE", 0.0) if grace is None else grace,
+            poll_delay=_seconds(settings, "CREWFLOW_WORKER_POLL", 0.5),
+            lease=_seconds(settings, "CREWFLOW_WORKER_LEASE", 30.0),
+            heartbeat=_seconds(settings, "CREWFLOW_WORKER_HEARTBEAT", 5.0),
+        )
+        if not 0 < options.heartbeat < options.lease:
+            raise ValueError("CREWFLOW_WORKER_HEARTBEAT must be above 0 and below CREWFLOW_WORKER_LEASE")
+        if options.poll_delay <= 0:
+            raise ValueError("CREWFLOW_WORKER_POLL must be above 0")
+        return options
+
+
+def cron_jobs(container: WorkerContainer) -> list[CronJob]:
+    """Periodic jobs every worker schedules (arq runs each occurrence once across workers: the cron job id
+    is unique per occurrence)."""
+    return []
+
+
+async def run_worker(settings: Settings, options: WorkerOptions, *, runtime: AgentRuntime | None = None,
+                     worker_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run a worker until SIGTERM/SIGINT (or, with ``burst``, until the queue is empty); returns its counts."""
+    from crewflow.adapters.arq.worker import CrewflowWorker
+    from crewflow.bootstrap import build_worker_container
+
+    if not settings.redis_url:
+        raise ValueError("CREWFLOW_REDIS_URL is not set: workers take executions from the Redis queue")
+    container = await build_worker_container(settings, runtime=runtime, worker_id=worker_id)
+    try:
+        worker = CrewflowWorker(
+            container.runner,
+            redis_url=settings.redis_url,
+            queue_name=options.queue,
+            concurrency=options.concurrency,
+            worker_id=container.worker_id,
+            burst=options.burst,
+            cron_jobs=cron_jobs(container),
+            poll_delay=options.poll_delay,
+            lease=options.lease,
+            heartbeat=options.heartbeat,
+            grace=options.grace,
+            ctx={"container": container},
+        )
+        loop = asyncio.get_running_loop()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for signum in signals:
+            loop.add_signal_handler(signum, worker.stop)
+        try:
+            await worker.serve()
+        finally:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+        return {"worker_id": worker.worker_id, "complete": worker.jobs_complete, "failed": worker.jobs_failed,
+                "retried": worker.jobs_retried, "requeued": len(worker.interrupted)}  # fmt: skip
+    finally:
+        await container.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    worker_id: str
+    age: float  # seconds since its last heartbeat
+
+
+async def check_workers(redis_url: str, queue: str, max_age: float) -> list[WorkerStatus]:
+    """Workers of ``queue`` whose heartbeat is at most ``max_age`` seconds old, freshest first."""
+    import redis.asyncio as aioredis
+
+    from crewflow.adapters.arq.queue import QueueKeys
+
+    keys = QueueKeys(queue)
+    client = aioredis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        now_ms = time.time() * 1000
+        fresh: Sequence[tuple[bytes, float]] = await client.zrangebyscore(
+            keys.workers, now_ms - max_age * 1000, "+inf", withscores=True
+        )
+    finally:
+        await client.aclose()
+    statuses = [WorkerStatus(member.decode(), max(0.0, (now_ms - score) / 1000)) for member, score in fresh]
+    return sorted(statuses, key=lambda s: s.age)
