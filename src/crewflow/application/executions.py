@@ -12,6 +12,9 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
+import secrets
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,12 +43,15 @@ __all__ = [
     "ExecutionRecorder",
     "ExecutionRunner",
     "InvalidArguments",
+    "LeaseLost",
     "LogPage",
     "cancel_execution",
+    "default_worker_id",
     "execute_flow",
     "execution_logs",
     "get_execution",
     "is_final_event",
+    "last_stored_seq",
     "list_executions_for_flow",
     "watch_execution",
 ]
@@ -196,24 +202,155 @@ def _resume(execution: Execution, runs: Sequence[NodeRun]) -> Resume | None:
                   last_seq=execution.last_seq)  # fmt: skip
 
 
+class LeaseLost(Exception):
+    """This worker no longer holds the execution's lease (another worker took it over, or it could not renew
+    it in time): it must stop writing anything of the run."""
+
+
+def default_worker_id() -> str:
+    """``host:pid:random``: unique per runner even when containers reuse pids or one process runs several."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class _Lease:
+    """The lease one runner holds on one execution: renewed every ``seconds / 3``; it is *lost* when a
+    renewal finds another holder, or when the last confirmed expiry comes within ``seconds / 6`` (a worker
+    cut off from the database stops writing before anyone may take over)."""
+
+    def __init__(self, uow_factory: UnitOfWorkFactory, clock: Clock, tenant_id: str, execution_id: str,
+                 worker_id: str, seconds: float, expires_at: float) -> None:  # fmt: skip
+        self._uow_factory = uow_factory
+        self._clock = clock
+        self.tenant_id = tenant_id
+        self.execution_id = execution_id
+        self.worker_id = worker_id
+        self.seconds = seconds
+        self.expires_at = expires_at
+        self.lost = asyncio.Event()
+
+    @property
+    def fence_at(self) -> float:
+        return self.expires_at - self.seconds / 6
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` (and mark the lease lost) unless this worker may still write."""
+        if not self.lost.is_set() and self._clock.now() >= self.fence_at:
+            log.warning("execution.lease_expired_locally", tenant_id=self.tenant_id,
+                        execution_id=self.execution_id, worker_id=self.worker_id)  # fmt: skip
+            self.lost.set()
+        if self.lost.is_set():
+            raise LeaseLost(self.execution_id)
+
+    async def keep(self) -> None:
+        """Renew until cancelled or lost."""
+        while not self.lost.is_set():
+            await asyncio.sleep(max(0.0, min(self.seconds / 3, self.fence_at - self._clock.now())))
+            until = self._clock.now() + self.seconds
+            held: bool | None = None
+            try:
+                async with self._uow_factory.for_tenant(self.tenant_id) as uow:
+                    held = await uow.executions.renew(self.execution_id, self.worker_id, until=until)
+                    await uow.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database is unreachable for now: try again until the fence
+                log.warning("execution.lease_renewal_failed", tenant_id=self.tenant_id,
+                            execution_id=self.execution_id, exc_info=True)  # fmt: skip
+            if held is True:
+                self.expires_at = until
+            elif held is False:
+                log.warning("execution.lease_lost", tenant_id=self.tenant_id, execution_id=self.execution_id,
+                            worker_id=self.worker_id)  # fmt: skip
+                self.lost.set()
+            else:
+                with contextlib.suppress(LeaseLost):
+                    self.check()
+
+
+class _FencedSink:
+    """Forwards events only while the run's lease is held, so a worker that lost its execution (it stalled,
+    or was cut off) cannot write checkpoints or log events under the new holder's sequence numbers."""
+
+    __slots__ = ("_inner", "_lease")
+
+    def __init__(self, inner: EventSink, lease: _Lease) -> None:
+        self._inner = inner
+        self._lease = lease
+
+    async def publish(self, events: Sequence[ExecutionEvent]) -> None:
+        self._lease.check()
+        await self._inner.publish(events)
+
+
 class ExecutionRunner:
     """The job handler: run (or resume) one stored execution, honouring its cancel signal.
 
-    Loads the execution and its flow version; a finished execution is left alone (a duplicate job). The
-    engine runs with the recorder's sinks, so node checkpoints, the replay log and the live bus receive
+    Before anything else it claims the execution's lease for ``worker_id`` (``lease_seconds`` long): a job
+    for an execution that is finished, missing, or whose live lease another worker holds is dropped (that
+    worker runs it). The lease is renewed in the background every ``lease_seconds / 3`` and released at
+    the end; when it is lost (another worker took the execution over after it expired) the run is
+    interrupted and writes nothing more. A new holder resumes from the checkpoints: completed nodes never
+    run again, a node that was in flight runs again with the same idempotency key (ADR 0012).
+
+    The engine runs with the recorder's sinks, so node checkpoints, the replay log and the live bus receive
     every event in order. When ``cancel`` is set the run stops (running nodes are interrupted) and ends
     ``cancelled``; when the worker itself is torn down (shutdown), the run is interrupted and recorded so."""
 
-    def __init__(self, uow_factory: UnitOfWorkFactory, engine: Engine, recorder: ExecutionRecorder) -> None:
+    def __init__(self, uow_factory: UnitOfWorkFactory, engine: Engine, recorder: ExecutionRecorder, *,
+                 worker_id: str | None = None, lease_seconds: float = 30.0) -> None:  # fmt: skip
+        if not lease_seconds > 0:
+            raise ValueError("lease_seconds must be positive")
         self.uow_factory = uow_factory
         self.engine = engine
         self.recorder = recorder
+        self.worker_id = worker_id or default_worker_id()
+        self.lease_seconds = lease_seconds
+        self._active: set[tuple[str, str]] = set()
 
     async def __call__(self, job: RunExecution, cancel: asyncio.Event) -> None:
+        key = (job.tenant_id, job.execution_id)
+        if key in self._active:  # a duplicate delivery while this runner already runs it
+            log.info("execution.already_running_here", tenant_id=key[0], execution_id=key[1])
+            return
+        self._active.add(key)
+        try:
+            await self._claim_and_run(job, cancel)
+        finally:
+            self._active.discard(key)
+
+    async def _claim_and_run(self, job: RunExecution, cancel: asyncio.Event) -> None:
         tenant_id, execution_id = job.tenant_id, job.execution_id
+        clock = self.recorder.clock
+        now = clock.now()
+        async with self.uow_factory.for_tenant(tenant_id) as uow:
+            won = await uow.executions.claim(execution_id, self.worker_id, until=now + self.lease_seconds, now=now)
+            await uow.commit()
+        if not won:
+            log.info("execution.not_claimed", tenant_id=tenant_id, execution_id=execution_id,
+                     reason="finished, missing, or leased by another worker")  # fmt: skip
+            return
+        lease = _Lease(self.uow_factory, clock, tenant_id, execution_id, self.worker_id, self.lease_seconds,
+                       now + self.lease_seconds)  # fmt: skip
+        keeper = asyncio.create_task(lease.keep(), name=f"crewflow-lease-{execution_id}")
+        try:
+            await self._run(tenant_id, execution_id, cancel, lease)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            if not lease.lost.is_set():
+                with contextlib.suppress(Exception):  # an unreleased lease just expires
+                    await asyncio.shield(self._release(tenant_id, execution_id))
+
+    async def _release(self, tenant_id: str, execution_id: str) -> None:
+        async with self.uow_factory.for_tenant(tenant_id) as uow:
+            await uow.executions.release(execution_id, self.worker_id)
+            await uow.commit()
+
+    async def _run(self, tenant_id: str, execution_id: str, cancel: asyncio.Event, lease: _Lease) -> None:
         unrunnable: str | None = None
         flow: Flow | None = None
-        async with self.uow_factory.for_tenant(tenant_id) as uow:
+        async with self.uow_factory.for_tenant(tenant_id) as uow:  # read after the claim: the last checkpoint
             try:
                 execution = await uow.executions.get(execution_id)
             except NotFound:
@@ -233,9 +370,10 @@ class ExecutionRunner:
             await self.recorder.end_without_run(tenant_id, execution, EventKind.RUN_FAILED,
                                                 {"error": unrunnable or "the flow cannot run"})  # fmt: skip
             return
+        resume = _resume(execution, runs)
         log.info("execution.started", tenant_id=tenant_id, execution_id=execution_id, flow_id=flow.id,
-                 resumed=bool(runs))  # fmt: skip
-        sinks, resume = self.recorder.sinks(tenant_id), _resume(execution, runs)
+                 resumed=resume is not None, worker_id=self.worker_id)  # fmt: skip
+        sinks: list[EventSink] = [_FencedSink(sink, lease) for sink in self.recorder.sinks(tenant_id)]
         try:
             handle = self.engine.start(flow, execution.inputs, tenant_id=tenant_id, execution_id=execution_id,
                                        sinks=sinks, resume=resume)  # fmt: skip
@@ -245,23 +383,34 @@ class ExecutionRunner:
             return
         result = asyncio.ensure_future(handle.result())
         cancelled = asyncio.ensure_future(cancel.wait())
+        lost = asyncio.ensure_future(lease.lost.wait())
         try:
-            await asyncio.wait({result, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({result, cancelled, lost}, return_when=asyncio.FIRST_COMPLETED)
             if not result.done():
-                handle.cancel("cancelled")
+                handle.cancel("lease lost" if lease.lost.is_set() else "cancelled")
             outcome = await result
         except asyncio.CancelledError:
             handle.cancel("interrupted")
             with contextlib.suppress(Exception):
                 await asyncio.shield(result)
             raise
-        except Exception:  # the run itself broke (e.g. a store failed mid-run): never leave it "running"
+        except Exception:
+            if lease.lost.is_set():  # the run stopped writing: its new holder resumes it
+                log.warning("execution.abandoned_after_lease_loss", tenant_id=tenant_id, execution_id=execution_id,
+                            worker_id=self.worker_id)  # fmt: skip
+                return
+            # the run itself broke (e.g. a store failed mid-run): never leave it "running"
             log.exception("execution.crashed", tenant_id=tenant_id, execution_id=execution_id)
             handle.cancel("internal error")  # interrupt node tasks the broken run may have left behind
             await self._record_crash(tenant_id, execution_id)
             return
         finally:
             cancelled.cancel()
+            lost.cancel()
+        if lease.lost.is_set():
+            log.warning("execution.abandoned_after_lease_loss", tenant_id=tenant_id, execution_id=execution_id,
+                        worker_id=self.worker_id)  # fmt: skip
+            return
         log.info("execution.finished", tenant_id=tenant_id, execution_id=execution_id, status=str(outcome.status))
 
     async def _record_crash(self, tenant_id: str, execution_id: str) -> None:
@@ -271,11 +420,22 @@ class ExecutionRunner:
             execution = await uow.executions.get(execution_id)
         if execution.status.is_terminal:
             return
-        logged = await self.recorder.logstore.for_tenant(tenant_id).events_after(execution_id, execution.last_seq)
-        last_seq = max([execution.last_seq, *(e.seq for e in logged)])
-        execution = dataclasses.replace(execution, last_seq=last_seq)
+        execution = dataclasses.replace(execution, last_seq=await last_stored_seq(self.recorder.logstore, tenant_id,
+                                                                                  execution))  # fmt: skip
         await self.recorder.end_without_run(tenant_id, execution, EventKind.RUN_FAILED,
                                             {"error": "internal error while running the flow"})  # fmt: skip
+
+
+async def last_stored_seq(logstore: LogStore, tenant_id: str, execution: Execution) -> int:
+    """The last seq stored for the execution, in its checkpoint or its replay log (which may be ahead when
+    a crash fell between the two)."""
+    store = logstore.for_tenant(tenant_id)
+    last = execution.last_seq
+    while batch := await store.events_after(execution.id, last, _REPLAY_BATCH):
+        last = batch[-1].seq
+        if len(batch) < _REPLAY_BATCH:
+            break
+    return last
 
 
 # -- cancel ------------------------------------------------------------------------------------------------
