@@ -571,8 +571,16 @@ async def _gather_limited(jobs: int, work: Sequence[Callable[[], Any]]) -> None:
         async with asyncio.TaskGroup() as group:
             for make in work:
                 group.create_task(one(make))
-    except* BackupError as failures:
-        raise failures.exceptions[0] from None
+    except BaseExceptionGroup as group:  # report one error (a BackupError if any), not a group traceback
+        flat: list[BaseException] = []
+        pending: list[BaseException] = [group]
+        while pending:
+            item = pending.pop(0)
+            if isinstance(item, BaseExceptionGroup):
+                pending.extend(item.exceptions)
+            else:
+                flat.append(item)
+        raise next((e for e in flat if isinstance(e, BackupError)), flat[0]) from None
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------------------
