@@ -443,6 +443,10 @@ def test_compose_runs_the_crewflow_commands_the_cli_knows(compose):
         except SystemExit:
             pytest.fail(f"{name}: `crewflow {shlex.join(words)}` is not a command the CLI knows")
         assert args.command == words[0]
+    check = compose["services"]["worker"]["healthcheck"]["test"]
+    assert check[:3] == ["CMD", "crewflow", "worker"], "the worker's health is crewflow's own worker check"
+    args = parser.parse_args(check[2:])
+    assert (args.command, args.action) == ("worker", "check")
 
 
 def test_the_sandbox_engine_is_private_to_the_worker_and_documents_sysbox(compose):

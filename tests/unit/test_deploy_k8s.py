@@ -298,13 +298,24 @@ def test_long_running_pods_have_probes_and_crewflow_uses_healthz_and_readyz(over
             assert "livenessProbe" in container and "readinessProbe" in container, (
                 f"{name}: {obj['metadata']['name']}/{container['name']}"
             )
-    for component in ("api", "worker"):
-        deployment = one(objects, "Deployment", f"crewflow-{component}")
-        (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+    (api,) = one(objects, "Deployment", "crewflow-api")["spec"]["template"]["spec"]["containers"]
+    assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert api["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # the worker has no HTTP server but its metrics server; readiness is crewflow's own worker check
+    (worker,) = one(objects, "Deployment", "crewflow-worker")["spec"]["template"]["spec"]["containers"]
+    assert worker["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    command = worker["readinessProbe"]["exec"]["command"]
+    assert command[0] == "crewflow"
+    try:
+        args = build_parser().parse_args(command[1:])
+    except SystemExit:
+        pytest.fail(f"worker readiness: `{' '.join(command)}` is not a command the CLI knows")
+    assert (args.command, args.action) == ("worker", "check")
+    assert args.max_age < worker["readinessProbe"]["periodSeconds"] * worker["readinessProbe"]["failureThreshold"]
+    for container in (api, worker):
+        ports = {p["name"] for p in container["ports"]}
+        for probe in ("livenessProbe", "startupProbe"):
             assert container[probe]["httpGet"]["port"] in ports
 
 
@@ -422,21 +433,39 @@ def test_no_secret_is_rendered_or_committed_and_every_referenced_secret_is_docum
 
 def test_the_ingress_terminates_tls_with_cert_manager_and_limits_rates_for_the_api(overlay):
     _, objects = overlay
-    (ingress,) = by_kind(objects, "Ingress")
+    ingress = one(objects, "Ingress", "crewflow")
     annotations = ingress["metadata"]["annotations"]
     assert annotations["cert-manager.io/cluster-issuer"].startswith("letsencrypt-")
     assert int(annotations["nginx.ingress.kubernetes.io/limit-rps"]) > 0
     assert int(annotations["nginx.ingress.kubernetes.io/limit-connections"]) > 0
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 3600, "WebSockets stay open"
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-send-timeout"]) >= 3600
-    assert ingress["spec"]["ingressClassName"] == "nginx"
-    tls_hosts = {h for t in ingress["spec"]["tls"] for h in t["hosts"]}
-    assert all(t["secretName"] for t in ingress["spec"]["tls"])
-    for rule in ingress["spec"]["rules"]:
-        assert rule["host"] in tls_hosts
-        for path in rule["http"]["paths"]:
-            service = one(objects, "Service", path["backend"]["service"]["name"])
-            assert path["backend"]["service"]["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    assert [(p["path"], p["pathType"]) for r in ingress["spec"]["rules"] for p in r["http"]["paths"]] == [
+        ("/", "Prefix")
+    ]
+    hosts = {r["host"] for r in ingress["spec"]["rules"]}
+    for each in by_kind(objects, "Ingress"):
+        assert each["spec"]["ingressClassName"] == "nginx"
+        tls_hosts = {h for t in each["spec"]["tls"] for h in t["hosts"]}
+        assert {t["secretName"] for t in each["spec"]["tls"]} == {"crewflow-tls"}
+        for rule in each["spec"]["rules"]:
+            assert rule["host"] in tls_hosts and rule["host"] in hosts
+            for path in rule["http"]["paths"]:
+                service = one(objects, "Service", path["backend"]["service"]["name"])
+                assert path["backend"]["service"]["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    # the API's /metrics (served on its public port) is refused to everyone at the edge
+    blocked = [
+        i
+        for i in by_kind(objects, "Ingress")
+        if any(
+            p["path"] == "/metrics" and p["pathType"] == "Exact" for r in i["spec"]["rules"] for p in r["http"]["paths"]
+        )
+    ]
+    assert len(blocked) == 1
+    denied = blocked[0]["metadata"]["annotations"]["nginx.ingress.kubernetes.io/denylist-source-range"].split(",")
+    assert {"0.0.0.0/0", "::/0"} <= set(denied)
+    assert "cert-manager.io/cluster-issuer" not in blocked[0]["metadata"]["annotations"], "one Certificate per host"
+    assert {r["host"] for r in blocked[0]["spec"]["rules"]} == hosts
 
 
 def _selects(selector: Obj, labels: dict[str, str]) -> bool:
@@ -630,21 +659,24 @@ def test_the_namespace_denies_all_traffic_unless_a_policy_allows_it(overlay):
 
 def test_the_api_is_reached_by_the_ingress_controller_and_prometheus_only(overlay):
     _, objects = overlay
-    metrics_port = 9100
     assert allowed(objects, API, "ingress", INGRESS_CONTROLLER, 8000)
-    assert not allowed(objects, API, "ingress", INGRESS_CONTROLLER, metrics_port)
+    assert not allowed(objects, API, "ingress", INGRESS_CONTROLLER, 9100)
+    assert not allowed(objects, WORKER, "ingress", INGRESS_CONTROLLER, 9100)
     assert not allowed(objects, API, "ingress", {"labels": {"app": "x"}, "namespace": "default"}, 8000)
     assert not allowed(objects, API, "ingress", {"labels": WORKER}, 8000)
-    for pod in (API, WORKER):
-        assert allowed(objects, pod, "ingress", PROMETHEUS, metrics_port)
-        assert not allowed(
-            objects, pod, "ingress", {"labels": PROMETHEUS["labels"], "namespace": "default"}, metrics_port
-        )
-    for component in ("api", "worker"):
+    # Prometheus scrapes the port each pod announces; the worker's is the one its metrics server listens on
+    config = one(objects, "ConfigMap", "crewflow-config")["data"]
+    expected = {"api": ("http", 8000), "worker": ("metrics", int(config["CREWFLOW_METRICS_PORT"]))}
+    for component, pod in (("api", API), ("worker", WORKER)):
         template = one(objects, "Deployment", f"crewflow-{component}")["spec"]["template"]
-        assert template["metadata"]["annotations"]["prometheus.io/port"] == str(metrics_port)
+        annotations = template["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+        port_name, port = expected[component]
+        assert annotations["prometheus.io/port"] == str(port)
         ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
-        assert ports["metrics"] == metrics_port
+        assert ports[port_name] == port
+        assert allowed(objects, pod, "ingress", PROMETHEUS, port)
+        assert not allowed(objects, pod, "ingress", {"labels": PROMETHEUS["labels"], "namespace": "default"}, port)
 
 
 def _datastore_peers(name: str, objects: list[Obj]) -> dict[str, Obj]:
