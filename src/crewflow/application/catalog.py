@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from crewflow.domain.agents import Crew, ToolRef
+from crewflow.domain.agents import Crew, ToolLimits, ToolRef
 from crewflow.domain.codec import flow_from_dict, flow_to_dict
 from crewflow.domain.errors import FlowInvalid, NotFound, Problem
 from crewflow.domain.execution import FlowRecord, ToolRecord
@@ -34,6 +34,7 @@ __all__ = [
     "create_flow",
     "load_catalog",
     "resolve_flow",
+    "tool_limits",
     "tool_ref",
     "update_flow",
     "validate_stored_flow",
@@ -199,9 +200,20 @@ async def resolve_flow(uow: UnitOfWork, flow_id: str, version: int | None = None
     return resolved
 
 
+def tool_limits(overrides: Mapping[str, Any]) -> ToolLimits:
+    """The sandbox's default limits with a tool's overrides. Raises ``ValueError`` for a value out of range;
+    keys that are not limits are ignored (they are refused when a tool is saved)."""
+    known = {f.name for f in dataclasses.fields(ToolLimits)}
+    return ToolLimits(**{k: v for k, v in overrides.items() if k in known})
+
+
 def tool_ref(record: ToolRecord) -> ToolRef:
+    """What the sandbox runs for a saved tool: the image of its last successful build (else the prebuilt
+    ``docker_image``), its script, limits and warm-pool size."""
     return ToolRef(id=record.id, description=record.description, input_schema=dict(record.input_schema),
-                   output_schema=dict(record.output_schema), image=record.docker_image)  # fmt: skip
+                   output_schema=dict(record.output_schema), image=record.image_digest or record.docker_image,
+                   script=record.script, limits=tool_limits(record.limits), warm_pool=record.warm_pool,
+                   version=record.version)  # fmt: skip
 
 
 async def _find(get: Callable[[str], Awaitable[T]], ident: str) -> T | None:

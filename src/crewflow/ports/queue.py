@@ -1,11 +1,12 @@
-"""The job queue: executions are run by workers (in-process by default, arq workers in production)."""
+"""The job queue: executions are run by workers (in-process by default, arq workers in production); so are
+tool image builds (``BuildTool``), which may take minutes and must not hold an HTTP request."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["JobQueue", "RunExecution"]
+__all__ = ["BuildTool", "JobQueue", "RunExecution", "ToolBuildQueue"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,3 +31,26 @@ class JobQueue(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BuildTool:
+    """Build the image of one version of a tenant's tool (``crewflow.application.tools.ToolService.run_build``).
+    ``job_id`` names the job: enqueuing the same version while its build is queued or running is a no-op."""
+
+    tenant_id: str
+    tool_id: str
+    version: int
+    request_id: str | None = None
+    trace_context: dict[str, str] | None = field(default=None, compare=False)  # as ``RunExecution``'s
+
+    @property
+    def job_id(self) -> str:
+        return f"build:{self.tool_id}:{self.version}"
+
+
+class ToolBuildQueue(Protocol):
+    """Where tool builds wait for a worker. A separate port from ``JobQueue`` so a queue can run executions
+    without taking builds (the in-process queue takes both when given a build handler)."""
+
+    async def enqueue_build(self, job: BuildTool) -> None: ...
