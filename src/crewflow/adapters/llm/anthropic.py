@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from crewflow.adapters.llm.http import HttpTransport, decode_json
+from crewflow.adapters.telemetry import llm_call_span
 from crewflow.domain.failover import MalformedResponse, ServerError
 from crewflow.ports.llm import ChatMessage, ChatRequest, ChatResponse, ProviderConfig, TokenCallback, Usage
 
@@ -127,6 +129,7 @@ class AnthropicProvider:
             secrets=(config.api_key,),
         )
         self._url = config.base_url.rstrip("/") + "/v1/messages"
+        self._server = urlsplit(config.base_url).hostname  # for the LLM span
         self._headers = {
             "Content-Type": "application/json",
             "anthropic-version": config.api_version or _VERSION,
@@ -141,11 +144,13 @@ class AnthropicProvider:
 
     async def complete(self, request: ChatRequest, on_token: TokenCallback | None = None) -> ChatResponse:
         model = request.model or self.config.model
-        body = request_body(request, model)
-        if request.stream:
-            return await self._stream(body, model, on_token)
-        data = await self._transport.post_json(self._url, self._headers, body)
-        return self._parse(data, model)
+        with llm_call_span(kind="anthropic", provider=self.name, model=model, request=request,
+                           server_address=self._server) as done:  # fmt: skip
+            body = request_body(request, model)
+            if request.stream:
+                return done(await self._stream(body, model, on_token))
+            data = await self._transport.post_json(self._url, self._headers, body)
+            return done(self._parse(data, model))
 
     def _parse(self, data: Any, model: str) -> ChatResponse:
         try:

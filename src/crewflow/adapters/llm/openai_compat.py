@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from crewflow.adapters.llm.http import HttpTransport, decode_json
+from crewflow.adapters.telemetry import llm_call_span
 from crewflow.domain.failover import MalformedResponse, ServerError
 from crewflow.ports.llm import ChatMessage, ChatRequest, ChatResponse, ProviderConfig, TokenCallback, Usage
 
@@ -83,6 +85,7 @@ class OpenAICompatProvider:
             if config.api_key:
                 headers["Authorization"] = f"Bearer {config.api_key}"
         self._headers = headers
+        self._server = urlsplit(config.base_url).hostname  # for the LLM span
 
     @property
     def name(self) -> str:
@@ -93,12 +96,14 @@ class OpenAICompatProvider:
 
     async def complete(self, request: ChatRequest, on_token: TokenCallback | None = None) -> ChatResponse:
         model = request.model or self.config.model
-        body = request_body(request, model)
-        url = self._endpoint(model)
-        if request.stream:
-            return await self._stream(url, body, model, on_token)
-        data = await self._transport.post_json(url, self._headers, body)
-        return self._parse(data, model)
+        with llm_call_span(kind=self.config.kind, provider=self.name, model=model, request=request,
+                           server_address=self._server) as done:  # fmt: skip
+            body = request_body(request, model)
+            url = self._endpoint(model)
+            if request.stream:
+                return done(await self._stream(url, body, model, on_token))
+            data = await self._transport.post_json(url, self._headers, body)
+            return done(self._parse(data, model))
 
     def _parse(self, data: Any, model: str) -> ChatResponse:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from litestar import Litestar, Router, get
+from litestar import Litestar, Router
 from litestar.config.compression import CompressionConfig
 from litestar.datastructures import State
 from litestar.middleware import DefineMiddleware
@@ -12,6 +12,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from crewflow import __version__
+from crewflow.adapters.telemetry import configure_tracing
 from crewflow.entrypoints.http.agents import AgentController
 from crewflow.entrypoints.http.audit_routes import AuditController
 from crewflow.entrypoints.http.auth_routes import AuthController
@@ -20,7 +21,15 @@ from crewflow.entrypoints.http.chats import ChatController
 from crewflow.entrypoints.http.crews import CrewController
 from crewflow.entrypoints.http.executions import ExecutionController, FlowExecutionController
 from crewflow.entrypoints.http.flows import FlowController
-from crewflow.entrypoints.http.limits import RateLimitMiddleware, RequestContextMiddleware, security_headers
+from crewflow.entrypoints.http.limits import RateLimitMiddleware, security_headers
+from crewflow.entrypoints.http.observability import (
+    IdentityLogContext,
+    default_readiness_checks,
+    healthz,
+    instrument_app,
+    metrics_endpoint,
+    readyz,
+)
 from crewflow.entrypoints.http.problems import problem_details_plugin, unexpected_error_handler
 from crewflow.entrypoints.http.providers import ProviderController
 from crewflow.entrypoints.http.security import TokenAuthMiddleware
@@ -35,20 +44,20 @@ if TYPE_CHECKING:
 __all__ = ["API_PREFIX", "create_app"]
 
 API_PREFIX = "/api/v1"
-PUBLIC_PATHS = [r"^/api/v1/schema", r"^/api/v1/auth/(register|login)$", r"^/healthz$", r"^/readyz$", r"^/$",
-                r"^/assets/", r"^/api-docs/"]
+PUBLIC_PATHS = [r"^/api/v1/schema", r"^/api/v1/auth/(register|login)$", r"^/healthz$", r"^/readyz$", r"^/metrics$",
+                r"^/$", r"^/assets/", r"^/api-docs/"]
 MAX_BODY_BYTES = 2 * 1024 * 1024
-
-
-@get("/healthz", opt={"public": True}, include_in_schema=False)
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
 
 
 def create_app(container: ApiContainer | None = None, *, settings: Settings | None = None,
                route_handlers: list[Any] | None = None) -> Litestar:  # fmt: skip
     """With a ``container`` (tests, embedding) the app uses it; otherwise it builds one from ``settings`` at
-    start-up (each server worker process builds its own) and closes it at shutdown."""
+    start-up (each server worker process builds its own) and closes it at shutdown.
+
+    Tracing starts here when the environment asks for it (``configure_tracing``: before any CrewAI import);
+    request ids, HTTP metrics and spans wrap the whole app (``instrument_app``); ``/readyz`` probes the
+    container's dependencies (``default_readiness_checks``)."""
+    configure_tracing()
     api = Router(path=API_PREFIX, route_handlers=[AgentController, AuthController, UserController, AuditController,
                                                      *(route_handlers or [])])  # fmt: skip
     for resource in (CrewController, FlowController, ProviderController, ToolController):
@@ -58,7 +67,7 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
     api.register(execution_events)
     api.register(ChatController)
     api.register(chat_events)
-    state = State({"container": container})
+    state = State({"container": container, "readiness": [], "readiness_closers": []})
 
     async def on_startup() -> None:
         if state.container is None:
@@ -66,23 +75,27 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
 
             state.container = await build_api_container(settings)
         await state.container.queue.start()  # executions run in this process (stopped by the container's aclose)
+        state.readiness, state.readiness_closers = default_readiness_checks(state.container)
         if state.container.settings.extra.get("CREWFLOW_DEMO") == "1":
             from crewflow.entrypoints.http.demo import seed_demo_workspace
 
             await seed_demo_workspace(state.container)
 
     async def on_shutdown() -> None:
+        for close in state.readiness_closers:
+            await close()
+        state.readiness_closers = []
         if state.container is not None:
             await state.container.aclose()
 
-    return Litestar(
-        route_handlers=[api, healthz, *canvas_handlers()],
+    app = Litestar(
+        route_handlers=[api, healthz, readyz, metrics_endpoint, *canvas_handlers()],
         plugins=[problem_details_plugin()],
         exception_handlers={Exception: unexpected_error_handler},
-        # request id → authentication → rate limits (keyed by the verified user and tenant; ADR 0008)
-        middleware=[RequestContextMiddleware(),
-                    DefineMiddleware(TokenAuthMiddleware, exclude=PUBLIC_PATHS, exclude_from_auth_key="public"),
-                    RateLimitMiddleware()],
+        # (request id, metrics, server span: around the whole app, see instrument_app) → authentication →
+        # the caller in the log context → rate limits (keyed by the verified user and tenant; ADR 0008)
+        middleware=[DefineMiddleware(TokenAuthMiddleware, exclude=PUBLIC_PATHS, exclude_from_auth_key="public"),
+                    IdentityLogContext(), RateLimitMiddleware()],
         before_send=[security_headers],
         compression_config=CompressionConfig(backend="gzip", minimum_size=1024),
         request_max_body_size=MAX_BODY_BYTES,
@@ -99,3 +112,5 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
         on_shutdown=[on_shutdown],
         debug=False,
     )
+    instrument_app(app)
+    return app
