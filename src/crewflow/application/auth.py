@@ -12,7 +12,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 import structlog
 
@@ -24,6 +24,7 @@ from crewflow.domain.tenancy import Permission, Role, Tenant, User, schema_name_
 from crewflow.ports.auth import IssuedToken, PasswordHasher, RateLimiter, TokenRevocations, TokenService
 from crewflow.ports.clock import Clock, IdGenerator
 from crewflow.ports.logstore import LogStore
+from crewflow.ports.sessions import SESSION_TTL, LoginSession, SessionStore
 from crewflow.ports.uow import PlatformUnitOfWork, UnitOfWorkFactory
 
 __all__ = [
@@ -46,11 +47,15 @@ __all__ = [
     "current_user",
     "delete_user",
     "invite_user",
+    "list_sessions",
     "list_users",
     "login",
     "logout",
     "password_problem",
     "register_tenant",
+    "revoke_all_sessions",
+    "revoke_session",
+    "session_store",
     "user_changed_marker",
 ]
 
@@ -230,6 +235,16 @@ async def _email_taken(uow: PlatformUnitOfWork, email: str) -> bool:
 class LoginAttempt:
     email: str
     password: str
+    user_agent: str | None = None  # recorded with the session (shown in the session list), never trusted
+
+
+MAX_USER_AGENT = 256
+
+
+def session_store(ports: object) -> SessionStore | None:
+    """The deployment's login session store (``ApiContainer.sessions``), when it has one. Without one,
+    logins are not recorded and the session list is empty; tokens still work and logout still revokes."""
+    return cast("SessionStore | None", getattr(ports, "sessions", None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,16 +287,53 @@ async def login(cmd: LoginAttempt, ports: AuthPorts, meta: RequestMeta,
                      object_id=user.id, details={"reason": reason})  # fmt: skip
         raise Unauthenticated(BAD_CREDENTIALS)
     issued = ports.tokens.issue(user.id, user.tenant_id, user.role)
+    if (sessions := session_store(ports)) is not None:
+        now = ports.clock.now()
+        agent = cmd.user_agent[:MAX_USER_AGENT] if cmd.user_agent else None
+        await sessions.record(LoginSession(issued.jti, user.id, user.tenant_id, now,
+                                           min(issued.expires_at, now + SESSION_TTL), agent))  # fmt: skip
     await _audit(ports, user.tenant_id, "auth.login", meta, actor_id=user.id, object_type="user",
                  object_id=user.id)  # fmt: skip
     return LoginResult(issued, user)
 
 
 async def logout(identity: Identity, ports: AuthPorts, meta: RequestMeta) -> None:
-    """Revoke the caller's token (its ``jti``) until it would have expired anyway."""
+    """Revoke the caller's token (its ``jti``) until it would have expired anyway, and forget its session."""
     await ports.revocations.revoke(identity.jti, identity.expires_at)
+    if (sessions := session_store(ports)) is not None:
+        await sessions.remove(identity.tenant_id, identity.user_id, identity.jti)
     await _audit(ports, identity.tenant_id, "auth.logout", meta, actor_id=identity.user_id, object_type="user",
                  object_id=identity.user_id)  # fmt: skip
+
+
+async def list_sessions(identity: Identity, ports: AuthPorts) -> list[LoginSession]:
+    """The caller's live login sessions, newest first."""
+    sessions = session_store(ports)
+    return [] if sessions is None else await sessions.list_for_user(identity.tenant_id, identity.user_id)
+
+
+async def revoke_session(identity: Identity, jti: str, ports: AuthPorts, meta: RequestMeta) -> None:
+    """End one of the caller's sessions: its token is revoked until it would have expired. A token id that
+    is not a live session of the caller (another user's, another tenant's, or gone) is ``NotFound``."""
+    sessions = session_store(ports)
+    removed = None if sessions is None else await sessions.remove(identity.tenant_id, identity.user_id, jti)
+    if removed is None:
+        raise NotFound("session", jti)
+    await ports.revocations.revoke(removed.jti, removed.expires_at)
+    await _audit(ports, identity.tenant_id, "auth.session.revoke", meta, actor_id=identity.user_id,
+                 object_type="user", object_id=identity.user_id)  # fmt: skip
+
+
+async def revoke_all_sessions(tenant_id: str, user_id: str, ports: AuthPorts) -> int:
+    """End every recorded session of a user (e.g. after a compromise): each token is revoked until it would
+    have expired. Returns how many sessions ended. The caller audits."""
+    sessions = session_store(ports)
+    if sessions is None:
+        return 0
+    removed = await sessions.remove_all(tenant_id, user_id)
+    for session in removed:
+        await ports.revocations.revoke(session.jti, session.expires_at)
+    return len(removed)
 
 
 async def change_password(identity: Identity, current: str, new: str, ports: AuthPorts, meta: RequestMeta,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import Cookie
-from litestar.params import JSONBody
+from litestar.params import JSONBody, PathParameter
 
 from crewflow.application import auth as use_cases
 from crewflow.domain.auth import Identity
@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
     from crewflow.bootstrap import ApiContainer
 
-__all__ = ["AuthController", "LoginIn", "MeOut", "RegisterIn", "TokenOut", "container_of", "session_cookie"]
+__all__ = ["AuthController", "LoginIn", "MeOut", "RegisterIn", "SessionOut", "TokenOut", "container_of",
+           "session_cookie"]
 
 SESSION_MAX_AGE = 24 * 3600
 SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,46}[a-z0-9])?$"
@@ -92,6 +93,17 @@ class MeOut(msgspec.Struct):
     tenant: TenantOut
 
 
+class SessionOut(msgspec.Struct):
+    jti: str
+    created_at: float
+    expires_at: float
+    user_agent: str | None
+    current: bool  # the session of the token making this request
+
+
+TokenId = Annotated[str, PathParameter(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
 def container_of(connection: ASGIConnection[Any, Any, Any, Any]) -> ApiContainer:
     """The app's container, typed (so mypy checks it provides every port ``AuthPorts`` names)."""
     container: ApiContainer = connection.app.state.container
@@ -119,8 +131,8 @@ class AuthController(Controller):
     @post("/login", opt={"public": True}, security=[{}], status_code=200)
     async def login(self, request: Request[Any, Any, Any], data: JSONBody[LoginIn]) -> Response[TokenOut]:
         """Check the credentials; set the session cookie and return the same token for API clients."""
-        result = await use_cases.login(use_cases.LoginAttempt(data.email, data.password),
-                                       container_of(request), request_meta(request))  # fmt: skip
+        attempt = use_cases.LoginAttempt(data.email, data.password, request.headers.get("user-agent"))
+        result = await use_cases.login(attempt, container_of(request), request_meta(request))
         user = result.user
         body = TokenOut(result.token.token, "Bearer", result.token.expires_at,
                         UserOut(user.id, user.email, user.role, user.is_active), user.tenant_id)  # fmt: skip
@@ -144,3 +156,15 @@ class AuthController(Controller):
         user, tenant = await use_cases.current_user(request.user, container_of(request))
         return MeOut(UserOut(user.id, user.email, user.role, user.is_active),
                      TenantOut(tenant.id, tenant.slug, tenant.name))  # fmt: skip
+
+    @get("/sessions")
+    async def list_sessions(self, request: Request[Identity, Any, Any]) -> list[SessionOut]:
+        """The caller's login sessions (kept 24 h), newest first."""
+        sessions = await use_cases.list_sessions(request.user, container_of(request))
+        return [SessionOut(s.jti, s.created_at, s.expires_at, s.user_agent, s.jti == request.user.jti)
+                for s in sessions]  # fmt: skip
+
+    @delete("/sessions/{jti:str}", status_code=204)
+    async def revoke_session(self, request: Request[Identity, Any, Any], jti: TokenId) -> None:
+        """End one of the caller's sessions (its token stops working at once); 404 if it is not one."""
+        await use_cases.revoke_session(request.user, jti, container_of(request), request_meta(request))
