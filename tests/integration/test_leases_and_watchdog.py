@@ -181,8 +181,8 @@ def assert_one_clean_log(events: list[ExecutionEvent], final: EventKind) -> None
 async def test_two_runners_competing_for_one_execution_run_it_once(world: World) -> None:
     job = await world.add_execution("e-race")
     first, second = CountingRuntime(), CountingRuntime()
-    await asyncio.gather(world.runner(first, "worker-1")(job, asyncio.Event()),
-                         world.runner(second, "worker-2")(job, asyncio.Event()))  # fmt: skip
+    await asyncio.gather(world.runner(first, "worker-1", lease=3.0)(job, asyncio.Event()),
+                         world.runner(second, "worker-2", lease=3.0)(job, asyncio.Event()))  # fmt: skip
     assert sorted([first.nodes(), second.nodes()]) == [[], ["a", "b", "c"]]
     execution = await world.execution("e-race")
     assert execution.status == RunStatus.COMPLETED
@@ -195,15 +195,40 @@ async def test_two_runners_competing_for_one_execution_run_it_once(world: World)
 async def test_a_job_for_an_execution_another_live_worker_holds_is_dropped(world: World) -> None:
     job = await world.add_execution("e-held")
     holder, late = CountingRuntime(hold="b"), CountingRuntime()
-    running = asyncio.create_task(world.runner(holder, "holder", lease=30.0)(job, asyncio.Event()))
+    running = asyncio.create_task(world.runner(holder, "holder", lease=3.0)(job, asyncio.Event()))
     await asyncio.wait_for(holder.started["b"].wait(), 30)
-    await world.runner(late, "late")(job, asyncio.Event())  # returns at once: not its execution
+    # the late runner waits out one lease (the holder might have died), sees it renewed, and gives up
+    await world.runner(late, "late", lease=3.0)(job, asyncio.Event())
     assert late.calls == []
     assert (await world.execution("e-held")).worker_id == "holder"
     holder.gate.set()
     await asyncio.wait_for(running, 30)
     assert holder.nodes() == ["a", "b", "c"]
     assert (await world.execution("e-held")).status == RunStatus.COMPLETED
+
+
+async def test_a_job_retried_while_a_dead_workers_lease_runs_out_waits_for_it_and_runs(world: World) -> None:
+    job = await world.add_execution("e-retried")
+    now = SystemClock().now()
+    async with world.uow_factory.for_tenant(world.tenant) as uow:  # a worker that died a moment ago
+        assert await uow.executions.claim("e-retried", "dead", until=now + 1.0, now=now)
+        await uow.commit()
+    runtime = CountingRuntime()
+    await world.runner(runtime, "retry", lease=5.0)(job, asyncio.Event())
+    assert runtime.nodes() == ["a", "b", "c"]
+    assert (await world.execution("e-retried")).status == RunStatus.COMPLETED
+
+
+async def test_a_job_is_dropped_at_once_when_the_holders_lease_is_longer_than_its_own(world: World) -> None:
+    job = await world.add_execution("e-long-lease")
+    now = SystemClock().now()
+    async with world.uow_factory.for_tenant(world.tenant) as uow:
+        assert await uow.executions.claim("e-long-lease", "other", until=now + 3600, now=now)
+        await uow.commit()
+    runtime = CountingRuntime()
+    await world.runner(runtime, "short", lease=5.0)(job, asyncio.Event())
+    assert runtime.calls == []
+    assert (await world.execution("e-long-lease")).worker_id == "other"
 
 
 async def test_a_runner_whose_lease_expired_is_taken_over_and_the_run_resumes_where_it_was(world: World) -> None:

@@ -321,16 +321,15 @@ class ExecutionRunner:
     async def _claim_and_run(self, job: RunExecution, cancel: asyncio.Event) -> None:
         tenant_id, execution_id = job.tenant_id, job.execution_id
         clock = self.recorder.clock
-        now = clock.now()
-        async with self.uow_factory.for_tenant(tenant_id) as uow:
-            won = await uow.executions.claim(execution_id, self.worker_id, until=now + self.lease_seconds, now=now)
-            await uow.commit()
-        if not won:
+        expires_at = await self._claim(tenant_id, execution_id)
+        if expires_at is None and await self._holder_died(tenant_id, execution_id, cancel):
+            expires_at = await self._claim(tenant_id, execution_id)
+        if expires_at is None:
             log.info("execution.not_claimed", tenant_id=tenant_id, execution_id=execution_id,
                      reason="finished, missing, or leased by another worker")  # fmt: skip
             return
         lease = _Lease(self.uow_factory, clock, tenant_id, execution_id, self.worker_id, self.lease_seconds,
-                       now + self.lease_seconds)  # fmt: skip
+                       expires_at)  # fmt: skip
         keeper = asyncio.create_task(lease.keep(), name=f"crewflow-lease-{execution_id}")
         try:
             await self._run(tenant_id, execution_id, cancel, lease)
@@ -341,6 +340,44 @@ class ExecutionRunner:
             if not lease.lost.is_set():
                 with contextlib.suppress(Exception):  # an unreleased lease just expires
                     await asyncio.shield(self._release(tenant_id, execution_id))
+
+    async def _claim(self, tenant_id: str, execution_id: str) -> float | None:
+        """Claim the lease; its expiry when this runner holds it now, else None."""
+        now = self.recorder.clock.now()
+        until = now + self.lease_seconds
+        async with self.uow_factory.for_tenant(tenant_id) as uow:
+            won = await uow.executions.claim(execution_id, self.worker_id, until=until, now=now)
+            await uow.commit()
+        return until if won else None
+
+    async def _holder_died(self, tenant_id: str, execution_id: str, cancel: asyncio.Event) -> bool:
+        """Another worker's lease holds the execution. When that lease runs out within one lease of this
+        runner, the holder most likely died and this job is the queue's retry: watch the lease (every
+        ``lease_seconds / 3``) until it expires unrenewed (True: claim it) or its holder renews it, the run
+        ends, or a cancel arrives (False)."""
+        seen: float | None = None
+        while True:
+            async with self.uow_factory.for_tenant(tenant_id) as uow:
+                try:
+                    execution = await uow.executions.get(execution_id)
+                except NotFound:
+                    return False
+            expires = execution.lease_expires_at
+            if execution.status.is_terminal or expires is None or execution.worker_id == self.worker_id:
+                return expires is None and not execution.status.is_terminal  # released meanwhile: claim it
+            if seen is not None and expires != seen:
+                return False  # renewed, or taken by yet another worker: alive
+            left = expires - self.recorder.clock.now()
+            if left <= 0:
+                return True
+            if left > self.lease_seconds or cancel.is_set():
+                return False
+            if seen is None:
+                log.info("execution.waiting_for_lease", tenant_id=tenant_id, execution_id=execution_id,
+                         holder=execution.worker_id, seconds=left)  # fmt: skip
+            seen = expires
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cancel.wait(), min(left + 0.05, self.lease_seconds / 3))
 
     async def _release(self, tenant_id: str, execution_id: str) -> None:
         async with self.uow_factory.for_tenant(tenant_id) as uow:
