@@ -720,6 +720,13 @@ def test_only_the_worker_reaches_the_sandbox_and_the_sandbox_reaches_no_internal
     for store, peer in _datastore_peers(name, objects).items():
         assert not allowed(objects, SANDBOX, "egress", peer, {"postgres": 5432, "redis": 6379, "mongodb": 27017}[store])
     assert not allowed(objects, SANDBOX, "egress", {"labels": API}, 8000)
+    # nothing else inside the namespace either: each flow above is the only way in or out
+    stranger = {"labels": {"app.kubernetes.io/name": "something-else"}}
+    for pod in (API, WORKER, MIGRATE, SANDBOX):
+        for port in (80, 8000, 2375, 9100):
+            assert not allowed(objects, pod, "egress", stranger, port), (pod, port)
+    assert not allowed(objects, WORKER, "egress", {"labels": API}, 8000)
+    assert not allowed(objects, API, "egress", {"labels": WORKER}, 9100)
     assert not allowed(objects, SANDBOX, "egress", METADATA_SERVICE, 80)
 
 
