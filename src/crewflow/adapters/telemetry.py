@@ -43,7 +43,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from opentelemetry import propagate, trace
@@ -72,6 +72,8 @@ __all__ = [
     "check_readiness",
     "configure_tracing",
     "inject_trace_context",
+    "instrument_engine",
+    "instrument_job_queue",
     "instrument_sqlalchemy",
     "llm_call_span",
     "shutdown_tracing",
@@ -318,6 +320,33 @@ class InstrumentedToolSandbox:
 
     def __getattr__(self, name: str) -> Any:  # the sandbox's other methods (builds, clean-up, ...)
         return getattr(self.inner, name)
+
+
+class _Engine(Protocol):
+    """What ``instrument_engine`` needs of ``crewflow.application.engine.Engine``."""
+
+    runtime: AgentRuntime
+    tools: ToolSandbox | None
+
+
+def instrument_engine(engine: _Engine, metrics: Metrics | None = None) -> None:
+    """Decorate the engine's agent runtime and tool sandbox with the node wrappers (idempotent)."""
+    if not isinstance(engine.runtime, InstrumentedRuntime):
+        engine.runtime = InstrumentedRuntime(engine.runtime, metrics)
+    if engine.tools is not None and not isinstance(engine.tools, InstrumentedToolSandbox):
+        engine.tools = InstrumentedToolSandbox(engine.tools, metrics)
+
+
+def instrument_job_queue(queue: JobQueue, metrics: Metrics | None = None) -> JobQueue:
+    """``queue`` for producers that carry the trace context (``TracingJobQueue``); a queue that runs its jobs in
+    this process (a ``handler`` attribute, like ``InProcessJobQueue``) also gets ``bind_job_context`` around
+    its handler. Idempotent."""
+    if isinstance(queue, TracingJobQueue):
+        return queue
+    handler = getattr(queue, "handler", None)
+    if callable(handler):
+        queue.handler = bind_job_context(handler, metrics=metrics)  # type: ignore[attr-defined]
+    return TracingJobQueue(queue)
 
 
 # -- LLM calls -------------------------------------------------------------------------------------------

@@ -36,12 +36,10 @@ from opentelemetry import trace
 from structlog.contextvars import bind_contextvars, bound_contextvars
 
 from crewflow.adapters.telemetry import (
-    InstrumentedRuntime,
-    InstrumentedToolSandbox,
     ReadinessCheck,
-    TracingJobQueue,
-    bind_job_context,
     check_readiness,
+    instrument_engine,
+    instrument_job_queue,
     tracer_provider,
 )
 from crewflow.domain.auth import Identity
@@ -209,18 +207,8 @@ def instrument_container(container: ApiContainer, metrics: Metrics | None = None
     ``metrics`` defaults to ``container.metrics``."""
     if metrics is None:
         metrics = container_metrics(container)
-    engine = container.engine
-    if not isinstance(engine.runtime, InstrumentedRuntime):
-        engine.runtime = InstrumentedRuntime(engine.runtime, metrics)
-    if engine.tools is not None and not isinstance(engine.tools, InstrumentedToolSandbox):
-        engine.tools = InstrumentedToolSandbox(engine.tools, metrics)
-    queue: Any = container.queue
-    if isinstance(queue, TracingJobQueue):
-        return
-    handler = getattr(queue, "handler", None)  # the in-process queue runs its jobs in this process
-    if callable(handler):
-        queue.handler = bind_job_context(handler, metrics=metrics)
-    container.queue = TracingJobQueue(queue)
+    instrument_engine(container.engine, metrics)
+    container.queue = instrument_job_queue(container.queue, metrics)
 
 
 # -- health ------------------------------------------------------------------------------------------------
