@@ -1,9 +1,10 @@
 """deploy/Dockerfile, .dockerignore, deploy/docker-compose.yml and deploy/.env.example, checked statically.
 
-No Docker engine runs where the tests run, so the image is never built here: the Dockerfile is parsed
-(stages, the final stage's user, health check, entrypoint and command, what it copies from the build
-context) and the commands it and compose give ``crewflow`` are parsed by crewflow's own CLI parser.
-``docker compose config`` is run too when a compose plugin is installed."""
+No Docker engine runs where the tests run, so the image is never built here: the Dockerfile is parsed by
+BuildKit's parser (PyPI ``dockerfile``), then checked (stages, the final stage's user, health check,
+entrypoint and command, what it copies from the build context), and the commands it and compose give
+``crewflow`` are parsed by crewflow's own CLI parser. ``docker compose config`` is run too when a compose
+plugin is installed."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dockerfile as buildkit
 import pytest
 import yaml
 
@@ -35,22 +37,23 @@ SECRET_NAME = re.compile(r"(SECRET|PASSWORD|PASSWD|TOKEN|API_KEY|_KEY$|_URL$)")
 PLACEHOLDER = {"", "change-me"}
 
 
-# --- a small Dockerfile parser -------------------------------------------------------------------------------
+# --- the Dockerfile, read by BuildKit's own parser (the `dockerfile` package wraps the Go code) -------------
 
 
 @dataclass
 class Instruction:
     keyword: str
-    args: str
+    flags: tuple[str, ...] = ()
+    value: tuple[str, ...] = ()
+    json: bool = False
+
+    @property
+    def args(self) -> str:
+        return " ".join((*self.flags, *self.value))
 
     def exec_form(self) -> list[str] | None:
         """The JSON ("exec") form's words, None for the shell form."""
-        text = self.args.strip()
-        if not text.startswith("["):
-            return None
-        value = yaml.safe_load(text)  # a JSON array is YAML too
-        assert isinstance(value, list) and all(isinstance(v, str) for v in value), text
-        return value
+        return list(self.value) if self.json else None
 
 
 @dataclass
@@ -71,38 +74,21 @@ class Stage:
 
 
 def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
-    """Global ARG defaults and the stages. Handles comments, ``\\`` continuations and the exec form."""
-    logical: list[str] = []
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.rstrip()
-        if not pending and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if pending and line.lstrip().startswith("#"):
-            continue  # comment lines inside a continued instruction are dropped by Docker too
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        logical.append(pending + line)
-        pending = ""
-    assert not pending, "the Dockerfile ends inside a continued line"
-
+    """Global ARG defaults and the stages."""
     global_args: dict[str, str] = {}
     stages: list[Stage] = []
-    for line in logical:
-        keyword, _, args = line.strip().partition(" ")
-        keyword = keyword.upper()
+    for command in buildkit.parse_string(text):
+        keyword = command.cmd.upper()
         if keyword == "FROM":
-            words = args.split()
-            words = [w for w in words if not w.startswith("--platform")]
+            words = command.value
             name = words[2] if len(words) == 3 and words[1].lower() == "as" else None
             stages.append(Stage(base=words[0], name=name))
         elif not stages:
             assert keyword == "ARG", f"only ARG may come before the first FROM, not {keyword}"
-            key, _, default = args.strip().partition("=")
+            key, _, default = command.value[0].partition("=")
             global_args[key] = default
         else:
-            stages[-1].instructions.append(Instruction(keyword, args.strip()))
+            stages[-1].instructions.append(Instruction(keyword, command.flags, command.value, command.json))
     return global_args, stages
 
 
@@ -150,7 +136,7 @@ def test_the_canvas_lands_where_the_installed_package_serves_it_from(dockerfile)
     node = next(s for s in stages if s.base.startswith("node:"))
     copies = [c.args for s in stages for c in s.all("COPY") if f"--from={node.name}" in c.args]
     assert copies, "the canvas stage's output is copied into the package"
-    source, destination = copies[0].split()[-2:]
+    source, destination = copies[0].split()[-2:]  # COPY --from=canvas <dist> <package>/static
     assert source.rstrip("/").endswith("frontend/dist")
     # canvas.py serves <package>/static (package-data ships static/**/*) before looking for a checkout
     canvas = (ROOT / "src/crewflow/entrypoints/http/canvas.py").read_text()
@@ -254,10 +240,9 @@ def test_the_build_context_keeps_what_the_dockerfile_copies_and_drops_secrets_an
     sources = []
     for stage in stages:
         for copy in stage.all("COPY"):
-            words = [w for w in copy.args.split() if not w.startswith("--")]
-            if any(w.startswith("--from") for w in copy.args.split()):
+            if any(flag.startswith("--from") for flag in copy.flags):
                 continue
-            sources += words[:-1]
+            sources += copy.value[:-1]
     assert sources, "the Dockerfile copies from the build context"
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
