@@ -450,15 +450,28 @@ def test_the_sandbox_engine_is_private_to_the_worker_and_documents_sysbox(compos
     assert published == ["api"], "only the API is published on the host"
 
 
-@pytest.mark.skipif(shutil.which("docker") is None, reason="no docker client")
-def test_docker_compose_config_accepts_the_file_when_the_plugin_is_installed(tmp_path):
-    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip("docker compose plugin not installed")
+def _compose_command() -> list[str] | None:
+    """Compose v2: the docker CLI plugin, or the standalone ``docker-compose`` binary of the same code."""
+    candidates = [["docker", "compose"], ["docker-compose"]]
+    for command in candidates:
+        if shutil.which(command[0]) is None:
+            continue
+        probe = subprocess.run([*command, "version"], capture_output=True, text=True, check=False)
+        if probe.returncode == 0 and re.search(r"version v?2\.", probe.stdout):
+            return command
+    return None
+
+
+def test_docker_compose_config_accepts_the_file_and_refuses_a_missing_secret(tmp_path):
+    command = _compose_command()
+    if command is None:
+        pytest.skip("Docker Compose v2 is not installed")
+    values = {k: v or "x" for k, v in _env_example().items()}
     env = tmp_path / ".env"
-    env.write_text("\n".join(f"{k}={v or 'x'}" for k, v in _env_example().items()) + "\n")
-    result = subprocess.run(
-        ["docker", "compose", "-f", str(COMPOSE), "--env-file", str(env), "config", "--quiet"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    env.write_text("\n".join(f"{k}={v}" for k, v in values.items()) + "\n")
+    run = [*command, "-f", str(COMPOSE), "--env-file", str(env), "config", "--quiet"]
+    result = subprocess.run(run, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+    env.write_text("\n".join(f"{k}={v}" for k, v in values.items() if k != "CREWFLOW_JWT_SECRET") + "\n")
+    result = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert result.returncode != 0 and "set CREWFLOW_JWT_SECRET in deploy/.env" in result.stderr
