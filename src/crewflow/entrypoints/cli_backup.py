@@ -39,7 +39,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     which.add_argument("--tenant", action="append", metavar="SLUG_OR_ID", help="a tenant to back up; repeatable")
     which.add_argument("--all", action="store_true", help="every tenant")
     backup.add_argument("--out", required=True, type=Path, metavar="DIR", help="the backup directory (must not exist)")
-    backup.add_argument("--jobs", "-j", type=int, default=4, help="dumps run at once (default 4)")
+    backup.add_argument("--jobs", "-j", type=int, default=2,
+                        help="dumps run at once (default 2; more only if the database has idle cores)")  # fmt: skip
     backup.add_argument("--schemas-per-dump", type=int, default=None, metavar="N",
                         help="schemas per pg_dump run (default: sized to the server's lock table)")  # fmt: skip
     backup.add_argument("--database-url", default=None, help=url_help)
