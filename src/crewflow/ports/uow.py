@@ -24,6 +24,7 @@ from crewflow.ports.repositories import (
     ToolRepository,
     UserRepository,
 )
+from crewflow.ports.webhooks import WebhookRepository
 
 __all__ = ["PlatformUnitOfWork", "UnitOfWork", "UnitOfWorkFactory"]
 
@@ -61,6 +62,8 @@ class UnitOfWork(_Transactional, Protocol):
     def tools(self) -> ToolRepository: ...
     @property
     def idempotency(self) -> IdempotencyRepository: ...
+    @property
+    def webhooks(self) -> WebhookRepository: ...
 
 
 class PlatformUnitOfWork(_Transactional, Protocol):

@@ -22,6 +22,7 @@ from crewflow.adapters.sql.repositories import (
     SqlToolRepository,
     SqlUserRepository,
 )
+from crewflow.adapters.sql.webhooks import SqlWebhookRepository
 
 __all__ = ["SqlPlatformUnitOfWork", "SqlUnitOfWork", "SqlUnitOfWorkFactory", "build_uow_factory"]
 
@@ -86,6 +87,7 @@ class SqlUnitOfWork(_SqlTransaction):
         self._providers = SqlProviderRepository(s)
         self._tools = SqlToolRepository(s)
         self._idempotency = SqlIdempotencyRepository(s)
+        self._webhooks = SqlWebhookRepository(s)
 
     async def _begin(self) -> AsyncConnection:
         return await self._database.begin_tenant(self._tenant_id)
@@ -130,6 +132,10 @@ class SqlUnitOfWork(_SqlTransaction):
     @property
     def idempotency(self) -> SqlIdempotencyRepository:
         return self._idempotency
+
+    @property
+    def webhooks(self) -> SqlWebhookRepository:
+        return self._webhooks
 
 
 class SqlPlatformUnitOfWork(_SqlTransaction):
