@@ -477,6 +477,37 @@ async def test_a_schema_backed_up_at_an_older_revision_is_migrated_on_restore(pg
     assert [(r[0], r[1], r[2]) for r in after["agents"]] == [("old", "Old", "kept")]
 
 
+async def test_a_superuser_restore_keeps_the_application_role_as_owner(pg: str, tmp_path: Path) -> None:
+    """The application connects as its own role; a restore run by a superuser must hand the schema and its
+    tables back to that role, or the application could not read its own tenant."""
+    role = f"crewflow_app_{uuid.uuid4().hex[:8]}"
+    acme = await register(pg, "acme")
+    schema = tenant_schema(acme)
+    conn = await asyncpg.connect(**asyncpg_connect_kwargs(pg))
+    try:
+        await conn.execute(f'CREATE ROLE "{role}" NOLOGIN')
+        try:
+            await conn.execute(f'ALTER SCHEMA "{schema}" OWNER TO "{role}"')
+            for table in [*TENANT.tables, "alembic_version"]:
+                await conn.execute(f'ALTER TABLE "{schema}"."{table}" OWNER TO "{role}"')
+            await backup(pg, tmp_path / "b", tenants=[acme])
+            await drop(pg, acme)
+            await restore(pg, tmp_path / "b", tenants=[acme])
+            owners = await conn.fetch(
+                "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind = 'r'",
+                schema,
+            )
+            assert [r[0] for r in owners] == [role]
+            assert await conn.fetchval("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = $1",
+                                       schema) == role  # fmt: skip
+        finally:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await conn.execute(f'DROP ROLE "{role}"')
+    finally:
+        await conn.close()
+
+
 # -- MongoDB log store (in-process fake) -----------------------------------------------------------------
 class BeanieCompatibleFakeDatabase:
     """mongomock-motor database accepting the keyword arguments beanie 2 passes to ``list_collection_names``

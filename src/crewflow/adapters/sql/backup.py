@@ -891,6 +891,9 @@ class _PostgresRestore(_Restore):
             # pg_restore -n prints nothing for a schema the archive lacks: never commit an empty tenant
             f"DO $check$ BEGIN IF to_regclass('{schema}.agents') IS NULL THEN RAISE EXCEPTION "
             f"'the archive holds no tables of schema {entry.schema}'; END IF; END $check$;",
+            # the tables keep their owner from the dump; the schema (created here) gets the same owner
+            f"DO $owner$ BEGIN EXECUTE format('ALTER SCHEMA %I OWNER TO %I', '{entry.schema}', (SELECT tableowner "  # noqa: S608 - validated schema name
+            f"FROM pg_catalog.pg_tables WHERE schemaname = '{entry.schema}' AND tablename = 'agents')); END $owner$;",
         ]
         if entry.revision != self.head:
             parts += [f"SET LOCAL search_path TO {schema};", self._upgrades[entry.revision],
@@ -938,7 +941,7 @@ class _PostgresRestore(_Restore):
         """``head`` + ``pg_restore -n schema`` + ``tail`` into one psql session; ``tail`` (with the COMMIT) is
         sent only when pg_restore succeeded, so any failure leaves the transaction uncommitted."""
         reader = await asyncio.create_subprocess_exec(
-            pg_restore, "--no-owner", "--no-privileges", f"--schema={schema}", "--file=-", str(archive),
+            pg_restore, f"--schema={schema}", "--file=-", str(archive),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         writer = await asyncio.create_subprocess_exec(
