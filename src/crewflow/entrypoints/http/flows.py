@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
+import structlog
 from litestar import Controller, Request, delete, get, post, put
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
@@ -22,7 +23,9 @@ from crewflow.entrypoints.http.inputs import PathId, check_json, valid_cursor
 from crewflow.entrypoints.http.pagination import MAX_LIMIT, PageOut, page_out
 from crewflow.entrypoints.http.security import require
 
-__all__ = ["FlowController", "FlowOut", "FlowUpdate", "ValidationOut"]
+__all__ = ["FlowController", "FlowOut", "FlowUpdate", "ValidationOut", "invalidate_flow"]
+
+log = structlog.get_logger("crewflow.http.flows")
 
 FlowId = PathId
 VersionNumber = Annotated[int, PathParameter(ge=1, le=2**31 - 1)]
@@ -110,6 +113,19 @@ class ValidationOut(msgspec.Struct):
         return cls(check.valid, problems)
 
 
+async def invalidate_flow(request: Request[Identity, Any, Any], flow_id: str) -> None:
+    """After a committed change of a flow: drop its cached current-version pointer (``flow_cache``), so every
+    API instance and worker resolves the new state. A cache failure does not fail the (committed) request:
+    the pointer expires on its own shortly (``CachedFlowResolver.pointer_ttl``)."""
+    flow_cache = getattr(request.app.state.container, "flow_cache", None)
+    if flow_cache is None:
+        return
+    try:
+        await flow_cache.invalidate(request.user.tenant_id, flow_id)
+    except Exception:
+        log.warning("flow_cache.invalidate_failed", tenant_id=request.user.tenant_id, flow_id=flow_id, exc_info=True)
+
+
 class FlowController(Controller):
     path = "/flows"
     tags = ["flows"]
@@ -131,6 +147,7 @@ class FlowController(Controller):
                                        created_by=request.user.user_id)  # fmt: skip
             version = await uow.flows.get_version(record.id, 1)
             await uow.commit()
+        await invalidate_flow(request, record.id)  # a deleted flow's id may be taken again
         await audit_request(request, "flow.create", object_type="flow", object_id=record.id, details={"version": 1})
         return FlowOut.of(record, version)
 
@@ -160,6 +177,7 @@ class FlowController(Controller):
                                        created_by=request.user.user_id)  # fmt: skip
             version = await uow.flows.get_version(flow_id, record.current_version)
             await uow.commit()
+        await invalidate_flow(request, flow_id)
         await audit_request(request, "flow.update", object_type="flow", object_id=flow_id,
                             details={"version": record.current_version})  # fmt: skip
         return FlowOut.of(record, version)
@@ -169,6 +187,7 @@ class FlowController(Controller):
         async with request.app.state.container.uow_factory.for_tenant(request.user.tenant_id) as uow:
             await uow.flows.delete(flow_id)
             await uow.commit()
+        await invalidate_flow(request, flow_id)
         await audit_request(request, "flow.delete", object_type="flow", object_id=flow_id)
 
     @post("/{flow_id:str}/validate", guards=[require(Permission.FLOWS_READ)], status_code=HTTP_200_OK)
