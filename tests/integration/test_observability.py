@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from crewflow.adapters.cache.memory import MemoryCache
 from crewflow.adapters.metrics.events import count_runs
-from crewflow.adapters.metrics.memory import InMemoryMetrics
+from crewflow.adapters.metrics.memory import InMemoryMetrics, NoopMetrics
 from crewflow.adapters.metrics.prometheus import PrometheusMetrics, serve_metrics_from_env, start_metrics_server
 from crewflow.adapters.sql.migrate import migrate
 from crewflow.adapters.telemetry import check_readiness
@@ -45,9 +45,13 @@ PROVIDER_KEY = "sk-provider-SECRET-0a1b2c3d4e5f"
 PASSWORD = "correct-horse-battery-staple-42"
 
 
-def wire(container: ApiContainer, metrics: PrometheusMetrics) -> None:
-    """What the composition root does for metrics (ADR 0013): the gateway and the run-counting sink report
-    to the container's metrics, then ``instrument_container`` decorates nodes, jobs and the queue."""
+def wire(container: ApiContainer) -> None:
+    """What the composition root does for metrics (ADR 0013), for a container built before it did: the
+    gateway and the run-counting sink report to the container's metrics, then ``instrument_container``
+    decorates nodes, jobs and the queue. A container the composition root already wired is left alone."""
+    if isinstance(getattr(container, "metrics", None), PrometheusMetrics):
+        return
+    metrics = PrometheusMetrics()
     container.metrics = metrics  # type: ignore[attr-defined]
     gateway = Gateway(container.provider_registry, cache=MemoryCache(), metrics=metrics)
     container.engine.runtime = build_runtime(container.settings, gateway)
@@ -74,7 +78,7 @@ async def _container(tmp_path: Path, database_url: str | None = None) -> ApiCont
 @pytest.fixture
 async def container(tmp_path: Path, crewai_offline: None) -> AsyncIterator[ApiContainer]:
     built = await _container(tmp_path)
-    wire(built, PrometheusMetrics())
+    wire(built)
     yield built
     await built.aclose()
 
@@ -227,6 +231,7 @@ def test_unknown_metric_names_kinds_and_labels_fail_loudly_in_both_adapters() ->
 
 async def test_metrics_are_404_without_prometheus_metrics_and_health_answers(tmp_path: Path) -> None:
     built = await _container(tmp_path)
+    built.metrics = NoopMetrics()  # type: ignore[attr-defined]
     try:
         async with serve(built) as client:
             assert (await client.get("/metrics")).status_code == 404
