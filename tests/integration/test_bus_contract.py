@@ -380,3 +380,13 @@ async def test_a_watcher_reconnecting_to_another_instance_with_last_seq_gets_eve
             await c.aclose()
     assert [e.seq for e in received] == list(range(1, 41))
     assert received == events
+
+
+async def test_publishing_while_redis_is_unreachable_does_not_fail_the_run() -> None:
+    client = create_redis("redis://127.0.0.1:1/0")  # nothing listens there
+    bus = RedisEventBus(client, prefix=f"crewflow-test-{uuid.uuid4().hex[:12]}")
+    try:
+        await bus.publish(tenant(), run(3))  # logged, not raised: the durable log has the events
+    finally:
+        await bus.aclose()
+        await client.aclose()

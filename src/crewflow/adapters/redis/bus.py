@@ -4,9 +4,11 @@ Publishing a batch runs one Lua script per execution that, for each event in ord
 execution's stream with entry id ``<seq>-1`` and, only when the append succeeded, publishes it on the
 execution's channel. Redis refuses an entry id not above the stream's last one, so a batch published twice
 (a retried write, a resumed run) adds nothing and is not delivered live twice, and the stream is always in
-seq order. The stream is capped (``stream_maxlen``, approximate trimming) and expires ``retention_after_end``
-seconds after the run's terminal event (``running_ttl`` while the run goes on, refreshed by every batch):
-it serves quick replays (``ReplayFirstLogStore``); the durable log store stays the record.
+seq order. A publish that fails (Redis away) is logged, not raised: the durable log already holds the
+events and watchers catch up from it, so a Redis outage never fails a run. The stream is capped
+(``stream_maxlen``, approximate trimming) and expires ``retention_after_end`` seconds after the run's
+terminal event (``running_ttl`` while the run goes on, refreshed by every batch): it serves quick replays
+(``ReplayFirstLogStore``); the durable log store stays the record.
 
 Subscriptions are local: one pub/sub connection per bus instance subscribes to the channels this process'
 subscribers want (reference-counted, unsubscribed when the last local subscriber leaves), and a reader task
@@ -171,7 +173,13 @@ class RedisEventBus:
             for event in batch:
                 args.extend((event.seq, encode_event(event), 1 if _is_final(event) else 0))
             keys = [self.stream_key(tenant_id, execution_id), events_channel(tenant_id, execution_id, self.prefix)]
-            await self._script(keys=keys, args=args)
+            try:
+                await self._script(keys=keys, args=args)
+            except (RedisError, OSError):
+                # Live delivery is best effort: the durable log already has these events (the recorder writes
+                # it first), watchers catch up from it, and a run must not fail because Redis is away.
+                log.warning("bus.publish_failed", tenant_id=tenant_id, execution_id=execution_id,
+                            first_seq=batch[0].seq, last_seq=batch[-1].seq, exc_info=True)  # fmt: skip
 
     async def replay(self, tenant_id: str, execution_id: str, after_seq: int = 0,
                      limit: int = 1000) -> list[ExecutionEvent]:  # fmt: skip
