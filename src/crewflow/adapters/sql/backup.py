@@ -424,6 +424,15 @@ class _StagedLogs:
         self.staged.clear()
         await self.log_store.models_for(self.tenant_id)  # init_beanie: createIndexes on the new collections
 
+    async def publish_after_commit(self, slug: str) -> None:
+        """``publish`` once the database part committed: a failure now cannot be rolled back, so it says so."""
+        try:
+            await self.publish()
+        except Exception as exc:  # any driver error, reported as one line
+            await self.discard()
+            raise BackupError(f"tenant {slug}: its database part was restored but its log documents were not "
+                              f"({type(exc).__name__}: {exc}); restore it again with --replace") from None  # fmt: skip
+
     async def discard(self) -> None:
         database = self.log_store.database
         for temp in self.staged.values():
@@ -824,6 +833,7 @@ class _PostgresRestore(_Restore):
                 await self._restore_one(pg_restore, psql, source, entry, publics[entry.id], replace)
             except BackupError as exc:
                 failures.append(f"{entry.slug}: {exc}")
+                self.say(f"FAILED {entry.slug} ({entry.id}): {exc}")
                 return
             restored.append(entry.id)
             self.say(f"restored {entry.slug} ({entry.id}) [{len(restored)}/{len(entries)}]")
@@ -831,7 +841,7 @@ class _PostgresRestore(_Restore):
         await _gather_limited(self.jobs, [functools.partial(one, e) for e in entries])
         if failures:
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise BackupError(f"{len(restored)} restored, {len(failures)} failed, left unchanged: "
+            raise BackupError(f"{len(restored)} restored, {len(failures)} failed: "
                               f"{failures[0]}{more}")  # fmt: skip
         return restored, [e.id for e in entries if e.revision != self.head]
 
@@ -935,7 +945,7 @@ class _PostgresRestore(_Restore):
                 await staged.discard()
             raise
         if staged is not None:
-            await staged.publish()
+            await staged.publish_after_commit(entry.slug)
 
     async def _stream(self, pg_restore: str, psql: str, archive: Path, schema: str, head: str, tail: str) -> None:
         """``head`` + ``pg_restore -n schema`` + ``tail`` into one psql session; ``tail`` (with the COMMIT) is
@@ -1104,7 +1114,7 @@ class _SqliteRestore(_Restore):
                     await staged.discard()
                 raise
             if staged is not None:
-                await staged.publish()
+                await staged.publish_after_commit(entry.slug)
             restored.append(entry.id)
             self.say(f"restored {entry.slug} ({entry.id}) [{len(restored)}/{len(entries)}]")
         return restored, [e.id for e in entries if e.revision != self.head]
