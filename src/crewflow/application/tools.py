@@ -23,6 +23,7 @@ unit of work for that tenant only, so another tenant's tool is ``NotFound`` like
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
 import threading
@@ -198,6 +199,7 @@ class _LogTail:
         self.size = 0
         self.dropped = False
         self.changed = asyncio.Event()
+        self.closed = asyncio.Event()
         self._loop = loop
         self._thread = threading.get_ident()
 
@@ -359,41 +361,47 @@ class ToolService:
         try:
             built = await self.builder.build(spec, tail.add)
         except ToolBuildError as exc:
-            await self._stop(flusher)
+            await self._stop(tail, flusher)
             await self._finish(job.tenant_id, job.tool_id, job.version, status=FAILED, error=str(exc),
                                log_text=tail.text())  # fmt: skip
             log.info("tool.build_failed", tenant_id=job.tenant_id, tool_id=job.tool_id, version=job.version)
             return
         except asyncio.CancelledError:
-            await self._stop(flusher)
+            await self._stop(tail, flusher)
             await asyncio.shield(self._finish(job.tenant_id, job.tool_id, job.version, status=FAILED,
                                               error="the build was interrupted (the worker stopped)",
                                               log_text=tail.text()))  # fmt: skip
             raise
         except Exception as exc:  # a bug or an engine error the builder did not classify: recorded, not hidden
-            await self._stop(flusher)
+            await self._stop(tail, flusher)
             log.exception("tool.build_error", tenant_id=job.tenant_id, tool_id=job.tool_id, version=job.version)
             await self._finish(job.tenant_id, job.tool_id, job.version, status=FAILED,
                                error=f"the build failed unexpectedly ({type(exc).__name__})", log_text=tail.text())
             return
-        await self._stop(flusher)
+        await self._stop(tail, flusher)
         await self._finish(job.tenant_id, job.tool_id, job.version, status=READY, image=built.digest or built.image,
                            log_text=tail.text())  # fmt: skip
         log.info("tool.build_ready", tenant_id=job.tenant_id, tool_id=job.tool_id, version=job.version,
                  image=built.image)  # fmt: skip
 
     async def _flush_log(self, job: BuildTool, tail: _LogTail) -> None:
-        """Write the log tail whenever lines arrived, at most once per ``log_flush_interval``."""
+        """Write the log tail whenever lines arrived, at most once per ``log_flush_interval``, until the tail is
+        closed. It is stopped by closing the tail, never cancelled: a write cut off halfway could leave its
+        connection inside a transaction."""
         while True:
             await tail.changed.wait()
+            if tail.closed.is_set():
+                return
             tail.changed.clear()
             await self._write(job.tenant_id, job.tool_id, job.version, build_log=tail.text())
-            await asyncio.sleep(self.log_flush_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(tail.closed.wait(), self.log_flush_interval)
 
     @staticmethod
-    async def _stop(task: asyncio.Task[None]) -> None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    async def _stop(tail: _LogTail, task: asyncio.Task[None]) -> None:
+        tail.closed.set()
+        tail.changed.set()
+        await asyncio.shield(task)
 
     async def _finish(self, tenant_id: str, tool_id: str, version: int, *, status: str, error: str | None = None,
                       image: str | None = None, log_text: str | None = None) -> None:  # fmt: skip
