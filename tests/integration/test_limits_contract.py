@@ -9,18 +9,24 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from api_support import bearer, make_user, served_client
 from redis.asyncio import Redis
 
 from crewflow.adapters.memory.limits import MemoryRateLimiter, MemoryTokenRevocations
 from crewflow.adapters.memory.sessions import MemorySessionStore
 from crewflow.adapters.redis import RedisRateLimiter, RedisSessionStore, RedisTokenRevocations, create_redis
+from crewflow.bootstrap import build_api_container
+from crewflow.domain.tenancy import Role
 from crewflow.ports.auth import RateLimiter, TokenRevocations
 from crewflow.ports.sessions import LoginSession, SessionStore
+from crewflow.settings import Settings
 
 pytestmark = pytest.mark.integration
 
+API = "/api/v1"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DAY = 86_400.0  # windows this long never roll over during a test
 
@@ -163,3 +169,40 @@ async def test_redis_session_hash_expires_with_its_longest_session(redis_prefix:
     await store.record(session(t, "u1", now, ttl=50))  # a shorter one does not shorten the hash's life
     ttl = await client.pttl(f"{prefix}:{t}:sessions:u1")
     assert 50_000 < ttl <= 100_000
+
+
+# -- sessions through the API ------------------------------------------------------------------------------
+async def test_login_records_sessions_that_can_be_listed_and_revoked(
+    tmp_path: Path, adapters: Adapters,
+) -> None:
+    settings = Settings(data_dir=str(tmp_path), extra={"CREWFLOW_JWT_SECRET": "x" * 40})
+    container = await build_api_container(settings, bcrypt_rounds=4)
+    container.revocations = adapters.revocations
+    container.sessions = adapters.sessions  # type: ignore[attr-defined]  # what bootstrap wires
+    try:
+        tenant_id, _ = await make_user(container, Role.MEMBER)
+        async with container.uow_factory.platform() as uow:
+            user = (await uow.users.list_for_tenant(tenant_id, None, 10)).items[0]
+        email = user.email
+        _, stranger = await make_user(container, Role.ADMIN)
+        credentials = {"email": email, "password": "pw-123456789"}
+        async with served_client(container) as client:  # the server in this loop: it shares the Redis client
+            laptop = (await client.post(f"{API}/auth/login", json=credentials,
+                                        headers={"User-Agent": "Laptop"})).json()["access_token"]  # fmt: skip
+            phone = (await client.post(f"{API}/auth/login", json=credentials,
+                                       headers={"User-Agent": "Phone"})).json()["access_token"]  # fmt: skip
+            listed = (await client.get(f"{API}/auth/sessions", headers=bearer(laptop))).json()
+            assert [(s["user_agent"], s["current"]) for s in listed] == [("Phone", False), ("Laptop", True)]
+            phone_jti = listed[0]["jti"]
+            phone_session = f"{API}/auth/sessions/{phone_jti}"
+            assert (await client.delete(phone_session, headers=bearer(stranger))).status_code == 404
+            assert (await client.get(f"{API}/auth/me", headers=bearer(phone))).status_code == 200
+            assert (await client.delete(phone_session, headers=bearer(laptop))).status_code == 204
+            assert (await client.get(f"{API}/auth/me", headers=bearer(phone))).status_code == 401
+            assert (await client.delete(phone_session, headers=bearer(laptop))).status_code == 404
+            left = (await client.get(f"{API}/auth/sessions", headers=bearer(laptop))).json()
+            assert [s["user_agent"] for s in left] == ["Laptop"]
+            assert (await client.post(f"{API}/auth/logout", headers=bearer(laptop))).status_code == 204
+        assert await adapters.sessions.list_for_user(tenant_id, user.id) == []  # logout forgot it
+    finally:
+        await container.aclose()
