@@ -162,9 +162,18 @@ def _local_secret(settings: Settings, variable: str, filename: str, make: Callab
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = make()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written under a temporary name and linked into place: processes starting together (API and workers
+    # on one data directory) agree on the first secret and never read a half-written file.
+    staging = path.with_name(f".{filename}.{os.getpid()}")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(secret)
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        secret = path.read_text().strip()
+    finally:
+        staging.unlink()
     return secret
 
 

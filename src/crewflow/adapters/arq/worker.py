@@ -232,7 +232,7 @@ class CrewflowWorker(Worker):
             stop_now = asyncio.ensure_future(self._stop_now.wait())
             await asyncio.wait([*running, stop_now], timeout=self.grace_s, return_when=asyncio.ALL_COMPLETED)
             stop_now.cancel()
-        self.interrupted = [job_id for job_id, t in self.tasks.items() if not t.done()]
+        cancelled = [job_id for job_id, t in self.tasks.items() if not t.done()]
         for task in self.tasks.values():
             task.cancel()  # the handler records the interruption; arq keeps a cancelled job queued
         await asyncio.gather(*self.tasks.values(), return_exceptions=True)
@@ -243,9 +243,10 @@ class CrewflowWorker(Worker):
         if self._pool is None:
             return
         with contextlib.suppress(RedisError, OSError):
-            for job_id in self.interrupted:
-                await self._requeue(keys=[self.keys.job(job_id), self.keys.in_progress(job_id), self.queue_name,
-                                          self.keys.wake], args=[job_id, timestamp_ms(), WAKE_TOKENS])  # fmt: skip
+            for job_id in cancelled:  # queued again unless it ended meanwhile (arq removed its job key)
+                if await self._requeue(keys=[self.keys.job(job_id), self.keys.in_progress(job_id), self.queue_name,
+                                             self.keys.wake], args=[job_id, timestamp_ms(), WAKE_TOKENS]):  # fmt: skip
+                    self.interrupted.append(job_id)
             async with self.pool.pipeline(transaction=False) as pipe:
                 pipe.zrem(self.keys.workers, self.worker_id)
                 pipe.delete(self.keys.worker(self.worker_id), self.health_check_key)
@@ -276,6 +277,8 @@ class CrewflowWorker(Worker):
                 await self._pass_wake_token()  # due jobs are left: another worker may have room
                 return
             job_id = job_id_b.decode()
+            if job_id in self._cancels:  # running here (a running job stays in the queue until it ends)
+                continue
             cancel = self._cancels[job_id] = asyncio.Event()
             keys = [self.keys.in_progress(job_id), self.queue_name, self.keys.running(job_id),
                     self.keys.cancel(job_id)]  # fmt: skip
@@ -342,7 +345,11 @@ class CrewflowWorker(Worker):
                 log.warning("worker.wake_failed", worker_id=self.worker_id, error=str(exc))
                 await asyncio.sleep(1.0)
                 continue
-            if token:
+            if not token:
+                continue
+            if self.job_counter >= self.max_jobs or not self.allow_pick_jobs:
+                await self._pass_wake_token()  # it arrived after this worker filled up: for another one
+            else:
                 self._wake.set()
 
     async def _listen_cancels(self) -> None:
