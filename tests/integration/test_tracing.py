@@ -19,7 +19,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from crewflow.adapters.telemetry import inject_trace_context, tracer, use_tracer_provider
+from crewflow.adapters.telemetry import (
+    configure_tracing,
+    inject_trace_context,
+    shutdown_tracing,
+    tracer,
+    tracing_enabled,
+    use_tracer_provider,
+)
 from crewflow.bootstrap import ApiContainer, build_api_container
 from crewflow.entrypoints.http.observability import instrument_container
 from crewflow.settings import Settings
@@ -164,3 +171,52 @@ async def test_a_client_traceparent_is_continued_and_unmatched_paths_get_no_raw_
     assert _parent_id(health) == client_span.context.span_id
     unmatched = [s for s in spans if s.kind == SpanKind.SERVER and s is not health]
     assert [s.name for s in unmatched] == ["GET"]
+
+
+def test_tracing_stays_off_unless_the_environment_asks_and_refuses_unknown_exporters() -> None:
+    assert configure_tracing({}) is None
+    assert configure_tracing({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318"}) is None
+    assert not tracing_enabled()
+    with pytest.raises(ValueError, match="zipkin"):
+        configure_tracing({"OTEL_TRACES_EXPORTER": "zipkin"})
+    with pytest.raises(ValueError, match="grpc"):
+        configure_tracing({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"})
+    assert not tracing_enabled()
+
+
+async def test_the_otlp_endpoint_from_the_environment_receives_the_spans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_HEADERS / OTEL_SERVICE_NAME configure the exporter."""
+    from aiohttp import web
+
+    received: list[tuple[str, str, str, bytes]] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        received.append((request.path, request.headers.get("Content-Type", ""),
+                         request.headers.get("x-team", ""), await request.read()))  # fmt: skip
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_HEADERS": "x-team=obs",
+           "OTEL_SERVICE_NAME": "crewflow-test-svc"}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # the exporter reads the process environment
+    monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    try:
+        provider = configure_tracing(env)
+        assert provider is not None and tracing_enabled()
+        with tracer().start_as_current_span("exported"):
+            pass
+        await asyncio.to_thread(shutdown_tracing)  # flushes; the exporter posts from its own thread
+    finally:
+        use_tracer_provider(None)
+        await runner.cleanup()
+    assert not tracing_enabled()
+    assert [(path, ctype, team) for path, ctype, team, _ in received] == [
+        ("/v1/traces", "application/x-protobuf", "obs")]
+    assert b"exported" in received[0][3] and b"crewflow-test-svc" in received[0][3]

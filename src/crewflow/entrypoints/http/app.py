@@ -57,7 +57,7 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
     Tracing starts here when the environment asks for it (``configure_tracing``: before any CrewAI import);
     request ids, HTTP metrics and spans wrap the whole app (``instrument_app``); ``/readyz`` probes the
     container's dependencies (``default_readiness_checks``)."""
-    configure_tracing()
+    configure_tracing(service_name="crewflow-api")  # OTEL_SERVICE_NAME wins
     api = Router(path=API_PREFIX, route_handlers=[AgentController, AuthController, UserController, AuditController,
                                                      *(route_handlers or [])])  # fmt: skip
     for resource in (CrewController, FlowController, ProviderController, ToolController):
