@@ -265,6 +265,7 @@ async def test_backup_all_then_restore_one_tenant_row_for_row(pg: str, tmp_path:
     assert result.returncode == 0, result.stderr
     assert "backed up 2 tenants" in result.stdout
     assert not (tmp_path / "b.partial").exists()
+    assert (tmp_path / "b").stat().st_mode & 0o777 == 0o700  # password hashes inside: the owner only
     manifest = read_manifest(tmp_path / "b")
     assert manifest.backend == "postgresql"
     assert manifest.log_store == "sql"

@@ -281,7 +281,9 @@ class _Output:
         """Create (or resume) the partial directory; returns the reusable finished units."""
         if self.out.exists():
             raise BackupError(f"{self.out} already exists: choose a new directory for each backup", 2)
-        self.partial.mkdir(parents=True, exist_ok=True)
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        self.partial.mkdir(mode=0o700, exist_ok=True)
+        self.partial.chmod(0o700)  # it holds password hashes and sealed keys: the owner only
         for sub in ("pg", "sqlite", "public", "logs"):
             (self.partial / sub).mkdir(exist_ok=True)
         journal = self.partial / JOURNAL
