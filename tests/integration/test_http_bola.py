@@ -2,7 +2,8 @@
 
 BOLA: every route that names an object (a path parameter) is called by another tenant's admin with the
 owner's ids: each answers the same 404 as for an id that does not exist, and the owner's data is unchanged.
-BFLA: viewers cannot call any write route, members cannot touch providers, tools, users or the audit log.
+BFLA: viewers cannot call any write route, members cannot touch providers, tools (but may test-run one, as
+they may run flows), users or the audit log.
 Both matrices are checked against the app's routes, so a new route without a row fails here."""
 
 from __future__ import annotations
@@ -192,6 +193,10 @@ def object_calls(w: World) -> list[Call]:
         Call("GET", "/tools/{}", ("wordcount",)),
         Call("PATCH", "/tools/{}", ("wordcount",), {"dockerfile": "FROM evil\n"}),
         Call("DELETE", "/tools/{}", ("wordcount",)),
+        Call("POST", "/tools/{}/build", ("wordcount",)),
+        Call("POST", "/tools/{}/rebuild", ("wordcount",)),
+        Call("GET", "/tools/{}/status", ("wordcount",)),
+        Call("POST", "/tools/{}/test", ("wordcount",), {"input": {}}),
         Call("GET", "/executions/{}", (e,)),
         Call("POST", "/executions/{}/cancel", (e,)),
         Call("GET", "/executions/{}/logs", (e,)),
@@ -301,7 +306,8 @@ async def test_a_member_cannot_manage_providers_tools_or_users(
     client: AsyncTestClient[Any], container: ApiContainer, world: World
 ) -> None:
     admin_only = [c for c in write_calls(world) + object_calls(world)
-                  if c.template.split("/")[1] in ("providers", "tools", "users")]  # fmt: skip
+                  if c.template.split("/")[1] in ("providers", "tools", "users")
+                  and c.template != "/tools/{}/test"]  # fmt: skip
     admin_only += [Call("GET", "/providers"), Call("GET", "/tools"), Call("GET", "/users"), Call("GET", "/audit-logs")]
     before = await snapshot(client, container, world)
     for call in admin_only:
@@ -312,3 +318,6 @@ async def test_a_member_cannot_manage_providers_tools_or_users(
     expect(await client.patch(f"{API}/agents/writer", json={"backstory": "b"}, headers=world.member_a), 200)
     expect(await client.post(f"{API}/crews", json={**CREW, "id": "member-crew"}, headers=world.member_a), 201)
     expect(await client.post(f"{API}/flows", json={**FLOW, "id": "member-flow"}, headers=world.member_a), 201)
+    # a member may try a tool (flows:execute); this one is not built yet, so it cannot run
+    unbuilt = await client.post(f"{API}/tools/wordcount/test", json={"input": {}}, headers=world.member_a)
+    assert unbuilt.status_code == 409, unbuilt.text
