@@ -56,6 +56,7 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "IdentityLogContext",
     "ObservabilityMiddleware",
+    "bind_identity",
     "container_metrics",
     "default_readiness_checks",
     "healthz",
@@ -63,6 +64,7 @@ __all__ = [
     "instrument_container",
     "metrics_endpoint",
     "readyz",
+    "request_id_of",
 ]
 
 REQUEST_ID_HEADER = "x-request-id"
