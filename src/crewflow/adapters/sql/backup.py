@@ -45,6 +45,7 @@ import secrets
 import shutil
 import sqlite3
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -532,7 +533,8 @@ class _Selected:
 
 
 def _resolve(rows: Sequence[tuple[str, str]], wanted: Sequence[str] | None) -> list[_Selected]:
-    """(id, slug) rows → the selected tenants, in the order of ``rows``; ``BackupError`` for unknown keys."""
+    """(id, slug) rows → the tenants named in ``wanted`` by id or slug (None: every row, in order);
+    ``BackupError`` for an unknown key."""
     if wanted is None:
         return [_Selected(i, s, tenant_schema(i)) for i, s in rows]
     chosen: dict[str, _Selected] = {}
@@ -544,16 +546,17 @@ def _resolve(rows: Sequence[tuple[str, str]], wanted: Sequence[str] | None) -> l
     return list(chosen.values())
 
 
-class _Job:
-    async def run(self, out: Path, wanted: Sequence[str] | None, started: float) -> BackupReport:
-        raise NotImplementedError
+class _Job(ABC):
+    @abstractmethod
+    async def run(self, out: Path, wanted: Sequence[str] | None, started: float) -> BackupReport: ...
 
 
-class _Restore:
+class _Restore(ABC):
+    @abstractmethod
     async def run(
         self, source: Path, manifest: Manifest, entries: list[TenantEntry], replace: bool
     ) -> tuple[list[str], list[str]]:
-        raise NotImplementedError
+        """Restore ``entries``; returns (restored ids, ids migrated from an older revision)."""
 
 
 def _manifest(backend: Backend, public_revision: str | None, log_store: Any, units: Sequence[_Unit]) -> Manifest:
