@@ -87,6 +87,13 @@ def _identity_problems(flow: Flow) -> list[Problem]:
     if len(flow.name) > MAX_FLOW_NAME:
         problems.append(Problem("name_too_long", f"the name is {len(flow.name)} characters; the limit is "
                                 f"{MAX_FLOW_NAME}", "name"))  # fmt: skip
+    # What a tool runs comes from the tenant's registered tools (admins, tools:write), never from a flow
+    # document, which any member may write (flows:write); flow files run locally may define it.
+    for tool in flow.tools.values():
+        if tool.image is not None or tool.script is not None:
+            problems.append(Problem("inline_tool_code", "a flow stored on the server cannot give a tool's image or "
+                                    "script; register the tool (POST /api/v1/tools) and refer to it by id",
+                                    f"tools.{tool.id}"))  # fmt: skip
     return problems
 
 

@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from crewflow.domain.agents import Agent, Crew, CrewTask, Process, ToolRef
+from crewflow.domain.agents import Agent, Crew, CrewTask, Process, ToolLimits, ToolRef
 from crewflow.domain.errors import FlowFormatError, Problem
 from crewflow.domain.flow import Edge, Flow, InputSpec, Node, NodeKind, RetryPolicy, Route
 
@@ -140,14 +140,41 @@ def _crew(reader: _Reader, ident: str, body: Mapping[str, Any]) -> Crew | None:
     ))  # fmt: skip
 
 
+_LIMIT_TYPES: dict[str, type] = {"timeout": float, "memory_mb": int, "cpus": float, "pids": int, "tmpfs_mb": int,
+                                  "output_bytes": int}  # the fields of ``ToolLimits``
+
+
+def _limits(reader: _Reader, body: Mapping[str, Any], where: str) -> ToolLimits | None:
+    raw = reader.get(body, "limits", dict, where, {})
+    values: dict[str, Any] = {}
+    for key in raw:
+        if key not in _LIMIT_TYPES:
+            reader.problem(f"{where}.limits.{key}", f"is not a tool limit (one of {', '.join(_LIMIT_TYPES)})")
+        else:
+            value = reader.get(raw, key, _LIMIT_TYPES[key], f"{where}.limits")
+            if value is not None:
+                values[key] = value
+    return reader.build(f"{where}.limits", lambda: ToolLimits(**values))
+
+
 def _tool(reader: _Reader, ident: str, body: Mapping[str, Any]) -> ToolRef | None:
     w = f"tools.{ident}"
+    limits = _limits(reader, body, w)
+    warm_pool = reader.get(body, "warm_pool", int, w, 0)
+    if not 0 <= warm_pool <= 16:
+        reader.problem(f"{w}.warm_pool", "must be between 0 and 16")
+    script = reader.get(body, "script", str, w)
+    if script is not None and not script.strip():
+        reader.problem(f"{w}.script", "must not be empty")
     return reader.build(w, lambda: ToolRef(
         id=ident,
         description=reader.get(body, "description", str, w, ""),
         input_schema=reader.get(body, "input_schema", dict, w, {}),
         output_schema=reader.get(body, "output_schema", dict, w, {}),
         image=reader.get(body, "image", str, w),
+        script=script,
+        limits=limits or ToolLimits(),
+        warm_pool=warm_pool,
     ))  # fmt: skip
 
 
@@ -344,16 +371,26 @@ def flow_to_dict(flow: Flow) -> dict[str, Any]:
             for c in flow.crews.values()
         }  # fmt: skip
     if flow.tools:
-        doc["tools"] = {
-            t.id: {"description": t.description, "input_schema": dict(t.input_schema),
-                   "output_schema": dict(t.output_schema), "image": t.image}
-            for t in flow.tools.values()
-        }  # fmt: skip
+        doc["tools"] = {t.id: _tool_doc(t) for t in flow.tools.values()}
     doc["nodes"] = [_node_doc(n) for n in flow.nodes]
     doc["edges"] = [{"from": e.source, "to": e.target} for e in flow.edges]
     doc["max_parallel"] = flow.max_parallel
     if flow.timeout is not None:
         doc["timeout"] = flow.timeout
+    return doc
+
+
+def _tool_doc(tool: ToolRef) -> dict[str, Any]:
+    doc: dict[str, Any] = {"description": tool.description, "input_schema": dict(tool.input_schema),
+                           "output_schema": dict(tool.output_schema), "image": tool.image}  # fmt: skip
+    if tool.script is not None:
+        doc["script"] = tool.script
+    defaults = ToolLimits()
+    limits = {k: getattr(tool.limits, k) for k in _LIMIT_TYPES if getattr(tool.limits, k) != getattr(defaults, k)}
+    if limits:
+        doc["limits"] = limits
+    if tool.warm_pool:
+        doc["warm_pool"] = tool.warm_pool
     return doc
 
 
