@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from crewflow.application.webhooks import (
     configure_webhook,
     deliver_due,
     list_deliveries,
+    retry_due_forever,
     sign,
     verify_signature,
     webhook_sinks,
@@ -47,7 +49,7 @@ from crewflow.bootstrap import ApiContainer, build_api_container
 from crewflow.domain.events import EventKind, ExecutionEvent
 from crewflow.domain.execution import Execution
 from crewflow.domain.scheduler import RunStatus
-from crewflow.domain.tenancy import Role
+from crewflow.domain.tenancy import Role, Tenant
 from crewflow.entrypoints.http import create_app
 from crewflow.entrypoints.http.webhooks import WebhookController
 from crewflow.ports.webhooks import DeliveryStatus, WebhookTransportError, is_public_address
@@ -375,3 +377,41 @@ async def test_the_transport_never_connects_to_private_addresses_unless_allowed(
         assert len(hook.requests) == 1
     finally:
         await allowed.aclose()
+
+
+async def test_the_retry_loop_delivers_due_deliveries_of_every_tenant(
+    uow_factory: SqlUnitOfWorkFactory, new_tenant: Callable[[], Awaitable[str]],
+    receiver: Callable[..., Awaitable[Receiver]],
+) -> None:
+    tenant_id = await new_tenant()
+    async with uow_factory.platform() as uow:  # a registered tenant (the loop lists the platform's tenants)
+        await uow.tenants.add(Tenant(tenant_id, f"s-{tenant_id}", "T", f"tenant_{tenant_id}", datetime.now(UTC)))
+        await uow.commit()
+    clock = FakeClock()
+    cipher = AesGcmCipher.from_setting(generate_key())
+    hook = await receiver(500)
+    execution = await _flow_and_execution(uow_factory, tenant_id, RunStatus.COMPLETED, clock)
+    await configure_webhook(tenant_id, ConfigureWebhook("note", hook.url), uow_factory=uow_factory, cipher=cipher,
+                            clock=clock, allow_private=True)  # fmt: skip
+    transport = AiohttpWebhookTransport(allow_private=True)
+    no_inline = dataclasses.replace(FAST, initial_delay=0.0, inline_max_delay=-1.0)  # every retry left to the loop
+    dispatcher = WebhookDispatcher(uow_factory, cipher, transport, clock, no_inline)
+    loop: asyncio.Task[None] | None = None
+    try:
+        await WebhookSink(tenant_id, uow_factory, dispatcher, clock).publish([_end(execution, EventKind.RUN_COMPLETED)])
+        await asyncio.gather(*list(dispatcher._tasks))
+        assert (await list_deliveries(tenant_id, "note", uow_factory=uow_factory)).items[0].attempts == 1
+        loop = asyncio.create_task(retry_due_forever(dispatcher, every=0.01))
+        for _ in range(500):
+            delivery = (await list_deliveries(tenant_id, "note", uow_factory=uow_factory)).items[0]
+            if delivery.status is DeliveryStatus.DELIVERED:
+                break
+            await asyncio.sleep(0.01)
+        assert (delivery.status, delivery.attempts) == (DeliveryStatus.DELIVERED, 2)
+        assert len(hook.requests) == 2
+    finally:
+        if loop is not None:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+        await dispatcher.close()
+        await transport.aclose()

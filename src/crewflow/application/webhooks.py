@@ -68,7 +68,9 @@ __all__ = [
     "delivery_id_for",
     "get_webhook",
     "list_deliveries",
+    "retry_due_forever",
     "sign",
+    "tenant_ids",
     "verify_signature",
     "webhook_sinks",
 ]
@@ -385,6 +387,34 @@ async def deliver_due(dispatcher: WebhookDispatcher, tenant_ids: Iterable[str], 
             except Exception:
                 log.exception("webhook.deliver_due_failed", tenant_id=tenant_id, delivery_id=delivery_id)
     return made
+
+
+async def tenant_ids(uow_factory: UnitOfWorkFactory) -> list[str]:
+    """Every tenant's id (the platform's tenants table), for a ``deliver_due`` pass over all of them."""
+    ids: list[str] = []
+    cursor: str | None = None
+    while True:
+        async with uow_factory.platform() as uow:
+            page = await uow.tenants.list(cursor, 100)
+        ids.extend(t.id for t in page.items)
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
+
+
+async def retry_due_forever(dispatcher: WebhookDispatcher, *, every: float = 30.0) -> None:
+    """``deliver_due`` over every tenant each ``every`` seconds until cancelled: the retry cron of a process
+    without an arq worker (the embedded server). A failing pass is logged and the next one runs anyway."""
+    if not every > 0:
+        raise ValueError("every must be positive")
+    while True:
+        try:
+            await deliver_due(dispatcher, await tenant_ids(dispatcher.uow_factory))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("webhook.retry_pass_failed")
+        await asyncio.sleep(every)
 
 
 # -- the sink ------------------------------------------------------------------------------------------
