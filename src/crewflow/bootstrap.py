@@ -28,10 +28,12 @@ from crewflow.settings import Settings
 
 if TYPE_CHECKING:
     from crewflow.adapters.arq.queue import ArqJobQueue
+    from crewflow.adapters.redis import RedisAdapters
     from crewflow.application.chats import ChatService
     from crewflow.application.executions import ExecutionRecorder, ExecutionRunner
     from crewflow.application.providers import RepositoryProviderRegistry
     from crewflow.ports.provisioning import TenantProvisioner
+    from crewflow.ports.sessions import SessionStore
 
 __all__ = [
     "ApiContainer",
@@ -44,6 +46,7 @@ __all__ = [
     "build_local_llm",
     "build_runtime",
     "build_worker_container",
+    "lease_seconds",
     "queue_name",
     "worker_concurrency",
 ]
@@ -140,6 +143,7 @@ class ApiContainer:
     chats: ChatService  # chats with agents and crews; replies run in this process
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     user_status: UserStatusCache = field(default_factory=UserStatusCache)  # read by the token middleware
+    sessions: SessionStore | None = None  # login sessions (memory, or Redis with ``CREWFLOW_REDIS_URL``)
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
@@ -204,20 +208,13 @@ class Core:
     provider_registry: RepositoryProviderRegistry
     bus: EventBus
     recorder: ExecutionRecorder
+    redis: RedisAdapters | None = None  # with ``CREWFLOW_REDIS_URL``: the bus, cache, limits, sessions on Redis
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
             await close()
         self.closers.clear()
-
-
-def _event_bus(settings: Settings) -> tuple[EventBus, Callable[[], Awaitable[object]] | None]:
-    """The live bus: in memory (one process). Watchers of a run in another process (a worker) still get
-    every event: ``watch_execution`` reads the replay log again after 2 s without a live event."""
-    from crewflow.adapters.memory.bus import MemoryEventBus
-
-    return MemoryEventBus(), None
 
 
 async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime | None = None) -> Core:
@@ -265,19 +262,31 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
     provider_registry = RepositoryProviderRegistry(uow_factory, cipher, build_provider, clock)
     # non-scripted agents run on CrewAI over the failover gateway with each tenant's providers
     engine = build_engine(settings, runtime=runtime, gateway=Gateway(provider_registry, cache=MemoryCache()))
-    bus, close_bus = _event_bus(settings)
+    # The live bus: on Redis when configured (API instances and workers share it); otherwise in memory, one
+    # process (watchers of a run elsewhere still get every event: ``watch_execution`` re-reads the log).
+    redis = None
+    bus: EventBus
+    if settings.redis_url:
+        from crewflow.adapters.redis import build_redis_adapters
+
+        redis = build_redis_adapters(settings.redis_url)
+        bus = redis.bus
+    else:
+        from crewflow.adapters.memory.bus import MemoryEventBus
+
+        bus = MemoryEventBus()
     recorder = ExecutionRecorder(
         lambda tenant_id: CheckpointSink(uow_factory, tenant_id, store_events=events_with_checkpoints),
         logstore, bus, clock, checkpoints_store_events=events_with_checkpoints,
     )
     core = Core(settings=settings, clock=clock, uow_factory=uow_factory, database_url=url, logstore=logstore,
                 cipher=cipher, engine=engine, provider_registry=provider_registry, bus=bus,
-                recorder=recorder)  # fmt: skip
+                recorder=recorder, redis=redis)  # fmt: skip
     core.closers.extend([database.dispose, provider_registry.close])
     if not events_with_checkpoints:
         core.closers.append(logstore.close)
-    if close_bus is not None:
-        core.closers.append(close_bus)
+    if redis is not None:
+        core.closers.append(redis.aclose)
     return core
 
 
@@ -301,6 +310,21 @@ def _positive_int(settings: Settings, variable: str, default: int) -> int:
     return value
 
 
+def lease_seconds(settings: Settings) -> float:
+    """How long a worker's hold on an execution lasts unless renewed (``CREWFLOW_WORKER_LEASE``, default
+    30 s): the database lease of ``ExecutionRunner`` and the queue's in-progress key alike."""
+    raw = settings.extra.get("CREWFLOW_WORKER_LEASE")
+    if not raw:
+        return 30.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"CREWFLOW_WORKER_LEASE must be a number of seconds, got {raw!r}") from None
+    if not 0 < value <= 86_400:
+        raise ValueError("CREWFLOW_WORKER_LEASE must be above 0 and at most 86400 seconds")
+    return value
+
+
 def worker_concurrency(settings: Settings) -> int:
     """Executions one worker runs at once (``CREWFLOW_WORKER_CONCURRENCY``, default 4)."""
     return _positive_int(settings, "CREWFLOW_WORKER_CONCURRENCY", 4)
@@ -315,6 +339,7 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     from crewflow.adapters.auth import BcryptHasher, JwtTokenService
     from crewflow.adapters.memory import MemoryRateLimiter, MemoryTokenRevocations
     from crewflow.adapters.memory.queue import InProcessJobQueue
+    from crewflow.adapters.memory.sessions import MemorySessionStore
     from crewflow.adapters.sql.provisioning import PostgresProvisioner, open_provisioner
     from crewflow.application.chats import ChatService
     from crewflow.application.executions import ExecutionRunner
@@ -344,8 +369,8 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
         provisioner=provisioner,
         hasher=BcryptHasher(bcrypt_rounds),
         tokens=JwtTokenService(_jwt_secret(settings)),
-        revocations=MemoryTokenRevocations(),
-        limiter=MemoryRateLimiter(),
+        revocations=core.redis.revocations if core.redis else MemoryTokenRevocations(),
+        limiter=core.redis.limiter if core.redis else MemoryRateLimiter(),
         cipher=core.cipher,
         engine=core.engine,
         provider_registry=core.provider_registry,
@@ -353,6 +378,7 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
         recorder=core.recorder,
         queue=queue,
         chats=ChatService(core.uow_factory, core.logstore, core.bus, core.engine.runtime, core.clock, UuidGenerator()),
+        sessions=core.redis.sessions if core.redis else MemorySessionStore(),
     )
     container.closers.extend([core.aclose, provisioner.aclose])
     container.closers.append(container.queue.close)  # closed first: running jobs still reach the database
@@ -395,5 +421,6 @@ async def build_worker_container(settings: Settings | None = None, *, runtime: A
         raise ValueError("CREWFLOW_REDIS_URL is not set: workers take executions from the Redis queue")
     core = await build_core(settings, runtime=runtime)
     worker_id = worker_id or new_worker_id()
-    runner = ExecutionRunner(core.uow_factory, core.engine, core.recorder)
+    runner = ExecutionRunner(core.uow_factory, core.engine, core.recorder, worker_id=worker_id,
+                             lease_seconds=lease_seconds(settings))  # fmt: skip
     return WorkerContainer(core, worker_id, runner, ArqJobQueue(settings.redis_url, queue_name=queue_name(settings)))

@@ -58,7 +58,7 @@ class WorkerOptions:
     @classmethod
     def from_settings(cls, settings: Settings, *, queue: str | None = None, concurrency: int | None = None,
                       burst: bool = False, grace: float | None = None) -> WorkerOptions:  # fmt: skip
-        from crewflow.bootstrap import queue_name, worker_concurrency
+        from crewflow.bootstrap import lease_seconds, queue_name, worker_concurrency
 
         concurrency = worker_concurrency(settings) if concurrency is None else concurrency
         if concurrency < 1:
@@ -71,7 +71,7 @@ class WorkerOptions:
             burst=burst,
             grace=_seconds(settings, "CREWFLOW_WORKER_GRACE", 0.0) if grace is None else grace,
             poll_delay=_seconds(settings, "CREWFLOW_WORKER_POLL", 0.5),
-            lease=_seconds(settings, "CREWFLOW_WORKER_LEASE", 30.0),
+            lease=lease_seconds(settings),
             heartbeat=_seconds(settings, "CREWFLOW_WORKER_HEARTBEAT", 5.0),
         )
         if not 0 < options.heartbeat < options.lease:
@@ -81,10 +81,49 @@ class WorkerOptions:
         return options
 
 
+async def tenant_ids(container: WorkerContainer) -> list[str]:
+    """Every tenant's id, read afresh for each cron pass (tenants come and go)."""
+    ids: list[str] = []
+    cursor: str | None = None
+    while True:
+        async with container.core.uow_factory.platform() as uow:
+            page = await uow.tenants.list(cursor, 100)
+        ids.extend(t.id for t in page.items)
+        if page.next_cursor is None:
+            return ids
+        cursor = page.next_cursor
+
+
 def cron_jobs(container: WorkerContainer) -> list[CronJob]:
-    """Periodic jobs every worker schedules (arq runs each occurrence once across workers: the cron job id
-    is unique per occurrence)."""
-    return []
+    """Housekeeping every worker schedules; arq runs each occurrence once across all workers (the job id
+    names the occurrence). ``recover_expired`` every 30 s re-enqueues executions whose worker died (or
+    ends them ``failed`` after too many recoveries); ``purge_expired`` hourly deletes what is older than
+    ``CREWFLOW_RETENTION_DAYS`` (default 30)."""
+    from arq.cron import cron
+
+    from crewflow.application.watchdog import purge_expired, recover_expired, retention_days_from
+
+    core = container.core
+    retention = retention_days_from(core.settings.extra)
+
+    async def recover(ctx: dict[str, Any]) -> None:
+        report = await recover_expired(await tenant_ids(container), uow_factory=core.uow_factory,
+                                       queue=container.queue, recorder=core.recorder, clock=core.clock)  # fmt: skip
+        if report.requeued or report.failed:
+            log.info("watchdog.recovered", requeued=len(report.requeued), failed=len(report.failed))
+
+    async def purge(ctx: dict[str, Any]) -> None:
+        report = await purge_expired(await tenant_ids(container), uow_factory=core.uow_factory,
+                                     logstore=core.logstore, clock=core.clock, retention_days=retention)  # fmt: skip
+        log.info("retention.purged", executions=report.executions, events=report.events,
+                 chat_messages=report.chat_messages, idempotency_keys=report.idempotency_keys)  # fmt: skip
+
+    return [
+        cron(recover, name="crewflow.watchdog.recover_expired", second={0, 30}, unique=True, timeout=300,
+             max_tries=1),
+        cron(purge, name="crewflow.watchdog.purge_expired", minute=17, second=0, unique=True, timeout=3600,
+             max_tries=1),
+    ]
 
 
 async def run_worker(settings: Settings, options: WorkerOptions, *, runtime: AgentRuntime | None = None,
