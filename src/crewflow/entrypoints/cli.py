@@ -33,6 +33,7 @@ EXTENSIONS = (
     "crewflow.entrypoints.cli_keys",
     "crewflow.entrypoints.cli_backup",
     "crewflow.entrypoints.cli_worker",
+    "crewflow.entrypoints.cli_tools",
 )
 
 
