@@ -35,6 +35,7 @@ from crewflow.entrypoints.http.providers import ProviderController
 from crewflow.entrypoints.http.security import TokenAuthMiddleware
 from crewflow.entrypoints.http.tools import ToolController
 from crewflow.entrypoints.http.users import UserController
+from crewflow.entrypoints.http.webhooks import WebhookController
 from crewflow.entrypoints.http.ws import chat_events, execution_events
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
     for resource in (CrewController, FlowController, ProviderController, ToolController):
         api.register(resource)
     api.register(FlowExecutionController)
+    api.register(WebhookController)
     api.register(ExecutionController)
     api.register(execution_events)
     api.register(ChatController)
