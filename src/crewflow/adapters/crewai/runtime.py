@@ -13,7 +13,6 @@ its LLM calls reach the gateway on the engine's loop. Task outputs and agent ste
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import re
 import warnings
@@ -21,12 +20,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from crewflow.adapters.crewai.llm import GatewayBridge, LLMCallFailed, make_failover_llm, prepare_crewai_import
+from crewflow.adapters.crewai.tools import SandboxCall, crewai_tool
 from crewflow.domain.agents import Agent, Crew, CrewTask, Process, ToolRef
 from crewflow.domain.errors import NodeExecutionError
 from crewflow.domain.events import EventKind
 from crewflow.domain.templates import to_text
 from crewflow.ports.llm import CallScope, LLMGateway
-from crewflow.ports.runtime import AgentWork, CrewWork, NodeEmitter, NodeOutcome, ToolSandbox, ToolWork
+from crewflow.ports.runtime import AgentWork, CrewWork, NodeEmitter, NodeOutcome, ToolSandbox
 
 __all__ = ["CrewAIRuntime", "crew_placeholders"]
 
@@ -139,10 +139,11 @@ class CrewAIRuntime:
         scope = CallScope(tenant_id=tenant_id, execution_id=execution_id, node_id=node_id, provider=agent.provider,
                           cache=agent.cache)  # fmt: skip
         llm = make_failover_llm(bridge, scope, label=agent.id, model=agent.model, temperature=agent.temperature)
-        agent_tools = [
-            _sandbox_tool(self.tools, bridge, tools[t], tenant_id, execution_id, node_id, attempt)
-            for t in agent.tools if t in tools and self.tools is not None
-        ]  # fmt: skip
+        agent_tools: list[Any] = []
+        if self.tools is not None:
+            call = SandboxCall(self.tools, bridge.loop, bridge.emit, tenant_id, execution_id, node_id, attempt,
+                               cancelled=lambda: bridge.cancelled)  # fmt: skip
+            agent_tools = [crewai_tool(tools[t], call) for t in agent.tools if t in tools]
         return crewai.Agent(
             role=agent.role,
             goal=agent.goal,
@@ -261,56 +262,3 @@ def _with_parent_context(task: str, inputs: Mapping[str, Any]) -> str:
     if not extra:
         return task
     return task + "\n\nOutputs of earlier steps:\n" + "\n".join(extra)
-
-
-def _sandbox_tool(sandbox: ToolSandbox | None, bridge: GatewayBridge, ref: ToolRef, tenant_id: str,
-                  execution_id: str, node_id: str, attempt: int) -> Any:  # fmt: skip
-    """A CrewAI tool whose every call runs ``ref`` in crewflow's tool sandbox (on the engine's loop)."""
-    assert sandbox is not None
-    from pydantic import ConfigDict, create_model
-
-    properties = ref.input_schema.get("properties", {}) if isinstance(ref.input_schema, Mapping) else {}
-    required = set(ref.input_schema.get("required", ())) if isinstance(ref.input_schema, Mapping) else set()
-    fields: dict[str, Any] = {
-        name: (Any, ... if name in required else None) for name in (properties or {"input": {}})
-    }
-    schema = create_model(f"{_class_name(ref.id)}Input", __config__=ConfigDict(extra="allow"), **fields)
-
-    def run(**kwargs: Any) -> str:
-        payload = {k: v for k, v in kwargs.items() if v is not None}
-        work = ToolWork(tenant_id, execution_id, node_id, attempt, ref, payload)
-
-        async def call() -> Any:
-            outcome = await sandbox.run_tool(work, bridge.emit)
-            return outcome.output
-
-        if bridge.cancelled:
-            raise LLMCallFailed("the node was cancelled", retryable=False)
-        output = asyncio.run_coroutine_threadsafe(call(), bridge.loop).result()
-        return to_text(output)
-
-    tool = _sandbox_tool_class()(name=ref.id, description=ref.description or f"crewflow tool {ref.id}",
-                                 args_schema=schema)  # fmt: skip
-    tool._call = run
-    return tool
-
-
-@functools.cache
-def _sandbox_tool_class() -> type[Any]:
-    from crewai.tools import BaseTool
-    from pydantic import PrivateAttr
-
-    class SandboxTool(BaseTool):
-        """A crewflow tool as CrewAI sees it; ``_call`` runs it in the sandbox."""
-
-        _call: Any = PrivateAttr(default=None)
-
-        def _run(self, **kwargs: Any) -> str:
-            result: str = self._call(**kwargs)
-            return result
-
-    return SandboxTool
-
-
-def _class_name(ident: str) -> str:
-    return "".join(part.capitalize() for part in re.split(r"[^A-Za-z0-9]+", ident) if part) or "Tool"
