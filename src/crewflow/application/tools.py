@@ -309,9 +309,11 @@ class ToolService:
                 return tool
             if not tool.is_active:
                 raise Conflict(f"tool '{tool_id}' is deactivated; activate it before building it")
-            if self.builder is None or self.builds is None:
+            if self.builder is None:
                 raise Conflict("no image builder is available here (no Docker engine answers), so tools with a "
                                "Dockerfile cannot be built; tools with only a script run without a build")
+            if self.builds is None:
+                raise Conflict("tool builds cannot be queued here (no build queue is configured)")
             if not rebuild and tool.build_status in IN_PROGRESS:
                 raise Conflict(f"version {tool.version} of tool '{tool_id}' is already being built")
             if not rebuild and tool.build_status == READY:
