@@ -434,14 +434,15 @@ def test_compose_runs_the_crewflow_commands_the_cli_knows(compose):
     assert (args.command, args.action) == ("worker", "check")
 
 
-def test_the_sandbox_engine_is_private_to_the_worker_and_documents_sysbox(compose):
+def test_the_sandbox_engine_is_private_to_the_api_and_worker_and_documents_sysbox(compose):
     services = compose["services"]
     sandbox = services["sandbox"]
     assert "# runtime: sysbox-runc" in COMPOSE.read_text(), "the Sysbox runtime line is there to uncomment"
-    assert "sandbox" in services["worker"]["networks"]
-    assert services["worker"]["environment"]["DOCKER_HOST"] == "tcp://sandbox:2375"
+    for name in ("api", "worker"):  # tool nodes and builds run in the worker, a tool's test run in the API
+        assert "sandbox" in services[name]["networks"]
+        assert services[name]["environment"]["DOCKER_HOST"] == "tcp://sandbox:2375"
     for name, service in services.items():
-        if name not in {"sandbox", "worker"}:
+        if name not in {"sandbox", "worker", "api"}:
             assert "sandbox" not in service.get("networks", []), f"{name} must not reach the sandbox engine"
     assert "ports" not in sandbox
     assert compose["networks"]["sandbox"].get("internal") is True

@@ -710,12 +710,15 @@ def test_the_application_reaches_its_stores_the_llm_providers_and_nothing_privat
             assert one(objects, "Service", store)["spec"]["clusterIP"] == "None"
 
 
-def test_only_the_worker_reaches_the_sandbox_and_the_sandbox_reaches_no_internal_service(overlay):
+def test_only_the_api_and_worker_reach_the_sandbox_and_the_sandbox_reaches_no_internal_service(overlay):
     name, objects = overlay
-    assert allowed(objects, WORKER, "egress", {"labels": SANDBOX}, 2375)
-    assert allowed(objects, SANDBOX, "ingress", {"labels": WORKER}, 2375)
-    assert not allowed(objects, API, "egress", {"labels": SANDBOX}, 2375)
-    assert not allowed(objects, SANDBOX, "ingress", {"labels": API}, 2375)
+    for pod in (API, WORKER):  # tool nodes and image builds in the worker, a tool's test run in the API
+        assert allowed(objects, pod, "egress", {"labels": SANDBOX}, 2375)
+        assert allowed(objects, SANDBOX, "ingress", {"labels": pod}, 2375)
+        assert not allowed(objects, pod, "egress", {"labels": SANDBOX}, 2376)
+    assert not allowed(objects, MIGRATE, "egress", {"labels": SANDBOX}, 2375)
+    assert not allowed(objects, SANDBOX, "ingress", {"labels": MIGRATE}, 2375)
+    assert not allowed(objects, SANDBOX, "ingress", {"labels": API, "namespace": "other"}, 2375)
     assert not allowed(objects, SANDBOX, "ingress", INGRESS_CONTROLLER, 2375)
     for store, peer in _datastore_peers(name, objects).items():
         assert not allowed(objects, SANDBOX, "egress", peer, {"postgres": 5432, "redis": 6379, "mongodb": 27017}[store])
