@@ -329,3 +329,17 @@ async def test_another_tenants_tool_is_not_found_for_build_status_and_test(
         assert problem(await client.request(method, API + path, json=body, headers=bearer(other)), 404)["detail"] == \
             "tool 'wc' not found"  # fmt: skip
     assert sandbox.calls == []
+
+
+async def test_a_rebuild_asked_while_the_same_version_builds_joins_that_build(
+    client: httpx.AsyncClient, container: ApiContainer, builder: HeldBuilder
+) -> None:
+    _, token = await make_user(container, Role.ADMIN)
+    admin = bearer(token)
+    ok(await client.post(f"{API}/tools", json=DOCKER_TOOL, headers=admin), 201)
+    ok(await client.post(f"{API}/tools/wordcount/build", headers=admin), 202)
+    await until_status(client, admin, "wordcount", lambda s: s["build_status"] == "building")
+    assert ok(await client.post(f"{API}/tools/wordcount/rebuild", headers=admin), 202)["build_status"] == "queued"
+    builder.release()
+    await until_status(client, admin, "wordcount", lambda s: s["build_status"] == "ready")
+    assert len(builder.specs) == 1  # not built a second time: the running build was the one asked for
