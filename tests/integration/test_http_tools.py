@@ -252,10 +252,10 @@ async def test_a_build_whose_tool_changes_meanwhile_does_not_record_its_result(
     builds = service.builds
     assert isinstance(builds, InProcessJobQueue)
     for _ in range(2000):  # until the build job has finished (and tried to record its result)
-        if not builds.holds_build(tenant, "build:wordcount:1"):
+        if not builds.holds_build(tenant, f"build:{tenant}:wordcount:1"):
             break
         await asyncio.sleep(0.005)
-    assert not builds.holds_build(tenant, "build:wordcount:1")
+    assert not builds.holds_build(tenant, f"build:{tenant}:wordcount:1")
     status = ok(await client.get(f"{API}/tools/wordcount/status", headers=admin))
     assert (status["version"], status["build_status"], status["image"]) == (2, "registered", None)
     assert builder.specs[0].tenant_id == tenant

@@ -36,7 +36,8 @@ class JobQueue(Protocol):
 @dataclass(frozen=True, slots=True)
 class BuildTool:
     """Build the image of one version of a tenant's tool (``crewflow.application.tools.ToolService.run_build``).
-    ``job_id`` names the job: enqueuing the same version while its build is queued or running is a no-op."""
+    ``job_id`` names the job across tenants (tool ids are per tenant): enqueuing the same version while its
+    build is queued or running is a no-op."""
 
     tenant_id: str
     tool_id: str
@@ -46,7 +47,7 @@ class BuildTool:
 
     @property
     def job_id(self) -> str:
-        return f"build:{self.tool_id}:{self.version}"
+        return f"build:{self.tenant_id}:{self.tool_id}:{self.version}"
 
 
 class ToolBuildQueue(Protocol):
