@@ -343,3 +343,18 @@ async def test_a_rebuild_asked_while_the_same_version_builds_joins_that_build(
     builder.release()
     await until_status(client, admin, "wordcount", lambda s: s["build_status"] == "ready")
     assert len(builder.specs) == 1  # not built a second time: the running build was the one asked for
+
+
+async def test_an_edit_that_leaves_the_build_source_alone_keeps_the_build_in_progress(
+    client: httpx.AsyncClient, container: ApiContainer, builder: HeldBuilder
+) -> None:
+    _, token = await make_user(container, Role.ADMIN)
+    admin = bearer(token)
+    ok(await client.post(f"{API}/tools", json=DOCKER_TOOL, headers=admin), 201)
+    ok(await client.post(f"{API}/tools/wordcount/build", headers=admin), 202)
+    await until_status(client, admin, "wordcount", lambda s: s["build_status"] == "building")
+    edited = ok(await client.patch(f"{API}/tools/wordcount", json={"description": "counts words"}, headers=admin))
+    assert (edited["version"], edited["build_status"]) == (2, "building")
+    builder.release()
+    ready = await until_status(client, admin, "wordcount", lambda s: s["build_status"] == "ready")
+    assert ready["version"] == 2 and ready["image"].startswith("crewflow-tools/")

@@ -12,8 +12,8 @@ Lifecycle (``ToolRecord.build_status``):
   prebuilt ``docker_image`` needs no build: it is ``ready`` as soon as it is registered.
 - Every edit adds a version; an edit of the build source (Dockerfile, context files) makes the tool
   ``registered`` again, so "rebuild after a change" builds a new version, and a rebuild of an unchanged tool
-  rebuilds the same version. The last good image keeps serving until a new build succeeds. A build job
-  whose version is no longer the tool's current one is skipped, and its result is not recorded.
+  rebuilds the same version. The last good image keeps serving until a new build succeeds. A build's result
+  is recorded only if the tool's build source is still the one built (other edits meanwhile do not matter).
 
 Without an image builder (no Docker engine answers) a build request is refused at once (``Conflict``,
 HTTP 409) rather than queued to fail later. Every function takes the tenant id from its caller and opens a
@@ -191,6 +191,14 @@ def _needs_build(tool: ToolRecord) -> bool:
     return tool.dockerfile is not None
 
 
+_Source = tuple[str | None, dict[str, str]]
+
+
+def _source(tool: ToolRecord) -> _Source:
+    """What a build of the tool is made from."""
+    return tool.dockerfile, dict(tool.context)
+
+
 class _LogTail:
     """The last ``MAX_LOG_BYTES`` of a build log, fed line by line from any thread."""
 
@@ -326,7 +334,7 @@ class ToolService:
             await self.builds.enqueue_build(BuildTool(tenant_id, tool_id, tool.version, request_id=request_id))
         except Exception as exc:
             log.exception("tool.build_enqueue_failed", tenant_id=tenant_id, tool_id=tool_id)
-            await self._finish(tenant_id, tool_id, tool.version, status=FAILED,
+            await self._finish(tenant_id, tool_id, _source(tool), status=FAILED,
                                error=f"the build could not be queued: {type(exc).__name__}")  # fmt: skip
             raise
         log.info("tool.build_queued", tenant_id=tenant_id, tool_id=tool_id, version=tool.version)
@@ -334,59 +342,62 @@ class ToolService:
 
     async def run_build(self, job: BuildTool) -> None:
         """The build job: ``building`` → the builder (its log lines kept as the status's tail while it
-        runs) → ``ready`` with the image, or ``failed`` with a readable reason. A job for a version that is
-        no longer current, or whose tool is gone, does nothing."""
+        runs) → ``ready`` with the image, or ``failed`` with a readable reason. The build is of the tool's
+        source (Dockerfile, context) when the job starts; its result is recorded only while that is still the
+        tool's source (an edit of the source meanwhile asks for a new build). A job whose tool is gone, or no
+        longer waits for a build (its source was edited since the request), does nothing."""
         async with self.uow_factory.for_tenant(job.tenant_id) as uow:
             try:
                 tool = await uow.tools.get(job.tool_id)
             except NotFound:
                 log.info("tool.build_skipped", tenant_id=job.tenant_id, tool_id=job.tool_id, reason="deleted")
                 return
-            if tool.version != job.version or tool.build_status not in IN_PROGRESS or tool.dockerfile is None:
+            if tool.build_status not in IN_PROGRESS or tool.dockerfile is None:
                 log.info("tool.build_skipped", tenant_id=job.tenant_id, tool_id=job.tool_id, version=job.version,
                          reason="stale")  # fmt: skip
                 return
             tool = dataclasses.replace(tool, build_status=BUILDING, build_error=None, build_log="")
             await uow.tools.update(tool)
             await uow.commit()
+        source = _source(tool)
         if self.builder is None:
-            await self._finish(job.tenant_id, job.tool_id, job.version, status=FAILED,
+            await self._finish(job.tenant_id, job.tool_id, source, status=FAILED,
                                error="no image builder is available on this worker (no Docker engine answers)")
             return
         assert tool.dockerfile is not None
-        spec = ToolBuildSpec(job.tenant_id, job.tool_id, job.version, tool.dockerfile,
+        spec = ToolBuildSpec(job.tenant_id, job.tool_id, tool.version, tool.dockerfile,
                              {name: text.encode() for name, text in tool.context.items()},
                              timeout=self.build_timeout)  # fmt: skip
         tail = _LogTail(asyncio.get_running_loop())
-        flusher = asyncio.create_task(self._flush_log(job, tail))
+        flusher = asyncio.create_task(self._flush_log(job, source, tail))
         log.info("tool.build_started", tenant_id=job.tenant_id, tool_id=job.tool_id, version=job.version)
         try:
             built = await self.builder.build(spec, tail.add)
         except ToolBuildError as exc:
             await self._stop(tail, flusher)
-            await self._finish(job.tenant_id, job.tool_id, job.version, status=FAILED, error=str(exc),
+            await self._finish(job.tenant_id, job.tool_id, source, status=FAILED, error=str(exc),
                                log_text=tail.text())  # fmt: skip
             log.info("tool.build_failed", tenant_id=job.tenant_id, tool_id=job.tool_id, version=job.version)
             return
         except asyncio.CancelledError:
             await self._stop(tail, flusher)
-            await asyncio.shield(self._finish(job.tenant_id, job.tool_id, job.version, status=FAILED,
+            await asyncio.shield(self._finish(job.tenant_id, job.tool_id, source, status=FAILED,
                                               error="the build was interrupted (the worker stopped)",
                                               log_text=tail.text()))  # fmt: skip
             raise
         except Exception as exc:  # a bug or an engine error the builder did not classify: recorded, not hidden
             await self._stop(tail, flusher)
             log.exception("tool.build_error", tenant_id=job.tenant_id, tool_id=job.tool_id, version=job.version)
-            await self._finish(job.tenant_id, job.tool_id, job.version, status=FAILED,
+            await self._finish(job.tenant_id, job.tool_id, source, status=FAILED,
                                error=f"the build failed unexpectedly ({type(exc).__name__})", log_text=tail.text())
             return
         await self._stop(tail, flusher)
-        await self._finish(job.tenant_id, job.tool_id, job.version, status=READY, image=built.digest or built.image,
+        await self._finish(job.tenant_id, job.tool_id, source, status=READY, image=built.digest or built.image,
                            log_text=tail.text())  # fmt: skip
         log.info("tool.build_ready", tenant_id=job.tenant_id, tool_id=job.tool_id, version=job.version,
                  image=built.image)  # fmt: skip
 
-    async def _flush_log(self, job: BuildTool, tail: _LogTail) -> None:
+    async def _flush_log(self, job: BuildTool, source: _Source, tail: _LogTail) -> None:
         """Write the log tail whenever lines arrived, at most once per ``log_flush_interval``, until the tail is
         closed. It is stopped by closing the tail, never cancelled: a write cut off halfway could leave its
         connection inside a transaction."""
@@ -395,7 +406,7 @@ class ToolService:
             if tail.closed.is_set():
                 return
             tail.changed.clear()
-            await self._write(job.tenant_id, job.tool_id, job.version, build_log=tail.text())
+            await self._write(job.tenant_id, job.tool_id, source, build_log=tail.text())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(tail.closed.wait(), self.log_flush_interval)
 
@@ -405,24 +416,24 @@ class ToolService:
         tail.changed.set()
         await asyncio.shield(task)
 
-    async def _finish(self, tenant_id: str, tool_id: str, version: int, *, status: str, error: str | None = None,
+    async def _finish(self, tenant_id: str, tool_id: str, source: _Source, *, status: str, error: str | None = None,
                       image: str | None = None, log_text: str | None = None) -> None:  # fmt: skip
         changes: dict[str, Any] = {"build_status": status, "build_error": error}
         if log_text is not None:
             changes["build_log"] = log_text
         if status == READY:
             changes |= {"image_digest": image, "built_at": self.clock.now()}
-        await self._write(tenant_id, tool_id, version, **changes)
+        await self._write(tenant_id, tool_id, source, **changes)
 
-    async def _write(self, tenant_id: str, tool_id: str, version: int, **changes: Any) -> None:
-        """Set build fields of ``version`` of the tool; nothing when the tool moved on to another version
-        (edited meanwhile) or was deleted."""
+    async def _write(self, tenant_id: str, tool_id: str, source: _Source, **changes: Any) -> None:
+        """Set build fields of the tool while ``source`` is still its build source; nothing when the source
+        was edited meanwhile (the tool waits for a new build) or the tool was deleted."""
         async with self.uow_factory.for_tenant(tenant_id) as uow:
             try:
                 tool = await uow.tools.get(tool_id)
             except NotFound:
                 return
-            if tool.version != version:
+            if _source(tool) != source:
                 return
             await uow.tools.update(dataclasses.replace(tool, **changes))
             await uow.commit()
