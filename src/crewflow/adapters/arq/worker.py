@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import secrets
 import socket
 import time
@@ -41,6 +42,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from arq.connections import RedisSettings, create_pool
+from arq.constants import abort_jobs_ss
 from arq.cron import CronJob
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
@@ -62,19 +64,48 @@ __all__ = ["CrewflowWorker", "JobHandler", "new_worker_id"]
 JobHandler = Callable[[RunExecution, asyncio.Event], Awaitable[None]]
 log = structlog.get_logger("crewflow.worker")
 
-# KEYS: in-progress, queue, running, cancel; ARGV: job id, now ms, lease ms, worker id
+# Claims up to ARGV[4] of the job ids ARGV[8..] in one round trip: for each, arq's checks (not in progress, still
+# queued, due) then its in-progress key and crewflow's running key (value: the worker id), both for one lease;
+# answers a flat list of (job id, score, cancel requested). Keys are built from the prefixes in ARGV, so the
+# script needs a single Redis (not Redis Cluster), like arq's own queue.
+# KEYS: queue; ARGV: now ms, lease ms, worker id, limit, in-progress prefix, running prefix, cancel prefix, ids…
 _CLAIM = """
-if redis.call('exists', KEYS[1]) == 1 then return false end
-local score = redis.call('zscore', KEYS[2], ARGV[1])
-if not score or tonumber(score) > tonumber(ARGV[2]) then return false end
-redis.call('psetex', KEYS[1], ARGV[3], '1')
-redis.call('psetex', KEYS[3], ARGV[3], ARGV[4])
-return {score, redis.call('exists', KEYS[4])}
+local claimed = {}
+local limit = tonumber(ARGV[4])
+local now = tonumber(ARGV[1])
+local n = 0
+for i = 8, #ARGV do
+  if n >= limit then break end
+  local id = ARGV[i]
+  local progress = ARGV[5] .. id
+  if redis.call('exists', progress) == 0 then
+    local score = redis.call('zscore', KEYS[1], id)
+    if score and tonumber(score) <= now then
+      redis.call('psetex', progress, ARGV[2], '1')
+      redis.call('psetex', ARGV[6] .. id, ARGV[2], ARGV[3])
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = score
+      claimed[#claimed + 1] = redis.call('exists', ARGV[7] .. id)
+      n = n + 1
+    end
+  end
+end
+return claimed
 """
 
 # KEYS: running; ARGV: worker id
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('del', KEYS[1]) end
+return 0
+"""
+
+# arq's finish of a successful job that keeps no result, plus the release of the running key, in one script
+# KEYS: in-progress, retry, job, abort set, queue, running; ARGV: job id, worker id
+_FINISH = """
+redis.call('del', KEYS[1], KEYS[2], KEYS[3])
+redis.call('zrem', KEYS[4], ARGV[1])
+redis.call('zrem', KEYS[5], ARGV[1])
+if redis.call('get', KEYS[6]) == ARGV[2] then redis.call('del', KEYS[6]) end
 return 0
 """
 
@@ -162,6 +193,8 @@ class CrewflowWorker(Worker):
         self._pubsub: Any = None
         self._claim: Any = None
         self._release: Any = None
+        self._finish: Any = None
+        self._released: set[str] = set()  # jobs whose finish already released their running key
         self._requeue: Any = None
         self.started_at = time.time()
         self.interrupted: list[str] = []  # job ids cancelled by the last shutdown and queued again
@@ -193,6 +226,7 @@ class CrewflowWorker(Worker):
             )  # fmt: skip
         self._claim = self.pool.register_script(_CLAIM)
         self._release = self.pool.register_script(_RELEASE)
+        self._finish = self.pool.register_script(_FINISH)
         self._requeue = self.pool.register_script(_REQUEUE)
         self.ctx["redis"] = self.pool
         self.ctx["worker_id"] = self.worker_id
@@ -268,36 +302,54 @@ class CrewflowWorker(Worker):
 
     # -- claiming jobs ----------------------------------------------------------------------------------
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """arq's ``start_jobs`` with a one-round-trip claim that also takes the ``running`` key."""
-        for job_id_b in job_ids:
-            if self._stopping or not self.allow_pick_jobs:
-                return
-            if self.job_counter >= self.max_jobs:
-                self._saturated = True
-                await self._pass_wake_token()  # due jobs are left: another worker may have room
-                return
-            job_id = job_id_b.decode()
-            if job_id in self._cancels:  # running here (a running job stays in the queue until it ends)
-                continue
-            cancel = self._cancels[job_id] = asyncio.Event()
-            keys = [self.keys.in_progress(job_id), self.queue_name, self.keys.running(job_id),
-                    self.keys.cancel(job_id)]  # fmt: skip
-            claimed = await self._claim(keys=keys, args=[job_id, timestamp_ms(), int(self.lease_s * 1000),
-                                                         self.worker_id])  # fmt: skip
-            if claimed is None:  # running elsewhere, finished meanwhile, or not due yet
-                if self._cancels.get(job_id) is cancel:
+        """arq's ``start_jobs`` with one script claiming every job this worker has room for in one round trip
+        (and taking their ``running`` keys).
+
+        The due jobs read by one poll are tried in random order: workers polling at the same moment read the
+        same oldest ``queue_read_limit`` ids, and would otherwise all race for the same first ones. A read
+        that came back full means more are due: the loop polls again at once instead of waiting."""
+        if self._stopping or not self.allow_pick_jobs:
+            return
+        if len(job_ids) >= self.queue_read_limit:
+            self._wake.set()
+        # a job running here stays in the queue until it ends: skip it
+        candidates = [i for i in (b.decode() for b in job_ids) if i not in self._cancels]
+        if not candidates:
+            return
+        room = self.max_jobs - self.job_counter
+        if room <= 0:
+            self._saturated = True
+            await self._pass_wake_token()  # due jobs are left: another worker may have room
+            return
+        random.shuffle(candidates)
+        # Cancel events exist before the running keys do: a cancel can be published the moment they are set.
+        events = {job_id: asyncio.Event() for job_id in candidates}
+        self._cancels.update(events)
+        reply: list[Any] = []
+        try:
+            reply = await self._claim(keys=[self.queue_name], args=[
+                timestamp_ms(), int(self.lease_s * 1000), self.worker_id, room, self.keys.in_progress(""),
+                self.keys.running(""), self.keys.cancel(""), *candidates])  # fmt: skip
+        finally:
+            claimed = {reply[i].decode(): (int(float(reply[i + 1])), bool(reply[i + 2]))
+                       for i in range(0, len(reply), 3)}  # fmt: skip
+            for job_id, event in events.items():
+                if job_id not in claimed and self._cancels.get(job_id) is event:
                     del self._cancels[job_id]
-                continue
-            score, cancel_requested = claimed
+        for job_id, (score, cancel_requested) in claimed.items():
+            cancel = events[job_id]
             if cancel_requested:
                 cancel.set()
             await self.sem.acquire()
             self.job_counter += 1
-            if self.job_counter >= self.max_jobs:
-                self._capacity.clear()
-            task = self.loop.create_task(self._run_claimed(job_id, int(float(score)), cancel))
+            task = self.loop.create_task(self._run_claimed(job_id, score, cancel))
             task.add_done_callback(self._job_done)
             self.tasks[job_id] = task
+        if self.job_counter >= self.max_jobs:
+            self._capacity.clear()
+            if len(candidates) > len(claimed):
+                self._saturated = True
+                await self._pass_wake_token()
 
     async def _run_claimed(self, job_id: str, score: int, cancel: asyncio.Event) -> None:
         try:
@@ -305,8 +357,25 @@ class CrewflowWorker(Worker):
         finally:
             if self._cancels.get(job_id) is cancel:
                 del self._cancels[job_id]
-            with contextlib.suppress(RedisError, OSError):
-                await self._release(keys=[self.keys.running(job_id)], args=[self.worker_id])
+            if job_id in self._released:
+                self._released.discard(job_id)
+            else:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._release(keys=[self.keys.running(job_id)], args=[self.worker_id])
+
+    async def finish_job(self, job_id: str, finish: bool, result_data: bytes | None, result_timeout_s: float | None,
+                         keep_result_forever: bool, incr_score: int | None,
+                         keep_in_progress: float | None) -> None:  # fmt: skip
+        """arq's ``finish_job``; the common case (a finished job, no result kept, not a cron job) is one
+        script that also releases the running key."""
+        if not finish or result_data is not None or keep_in_progress is not None:
+            await super().finish_job(job_id, finish, result_data, result_timeout_s, keep_result_forever, incr_score,
+                                     keep_in_progress)  # fmt: skip
+            return
+        await self._finish(keys=[self.keys.in_progress(job_id), self.keys.retry(job_id), self.keys.job(job_id),
+                                 abort_jobs_ss, self.queue_name, self.keys.running(job_id)],
+                           args=[job_id, self.worker_id])  # fmt: skip
+        self._released.add(job_id)
 
     def _job_done(self, _: asyncio.Task[None]) -> None:
         self.job_counter -= 1
