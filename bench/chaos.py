@@ -427,9 +427,10 @@ def report(result: ChaosResult, config: ClusterConfig) -> str:
 # -- one worker process ------------------------------------------------------------------------------------
 async def worker_process(preload_crewai: bool) -> None:
     """``crewflow worker`` as ``entrypoints.worker.run_worker`` runs it, from the same environment, except
-    that the job handler's execution lease is ``CREWFLOW_WORKER_LEASE`` with the worker's id: the composition
-    root does not pass them to ``ExecutionRunner`` yet (it then uses 30 s and an id of its own), which would
-    make every recovery here wait 30 s. Once ``build_worker_container`` passes them, nothing is replaced."""
+    that the job handler's execution lease is ``CREWFLOW_WORKER_LEASE`` with the worker's id, and a shutdown
+    leaves runs resumable: the composition root does not pass these to ``ExecutionRunner`` yet (it then uses
+    30 s and an id of its own, which would make every recovery here wait 30 s). Once
+    ``build_worker_container`` passes them, nothing is replaced."""
     from crewflow.adapters.arq.worker import CrewflowWorker
     from crewflow.application.executions import ExecutionRunner
     from crewflow.bootstrap import build_worker_container
@@ -443,9 +444,10 @@ async def worker_process(preload_crewai: bool) -> None:
     options = WorkerOptions.from_settings(settings)
     container = await build_worker_container(settings)
     runner = container.runner
-    if runner.lease_seconds != options.lease or runner.worker_id != container.worker_id:
+    wired = (runner.lease_seconds, runner.worker_id, runner.resume_on_shutdown)
+    if wired != (options.lease, container.worker_id, True):
         runner = ExecutionRunner(runner.uow_factory, runner.engine, runner.recorder, worker_id=container.worker_id,
-                                 lease_seconds=options.lease)  # fmt: skip
+                                 lease_seconds=options.lease, resume_on_shutdown=True)  # fmt: skip
         container.runner = runner
     assert settings.redis_url
     try:

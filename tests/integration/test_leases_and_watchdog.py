@@ -337,6 +337,42 @@ async def test_a_worker_that_cannot_renew_stops_writing_before_its_lease_ends(wo
     assert [e.seq for e in await world.events("e-unreachable")][-1] == claimed.last_seq
 
 
+async def test_a_worker_shutting_down_leaves_the_run_to_its_successor_when_asked_to(world: World) -> None:
+    job = await world.add_execution("e-shutdown")
+    runtime = CountingRuntime(hold="b")
+    engine = Engine(runtime, clock=SystemClock(), ids=UuidGenerator())
+    stopping = ExecutionRunner(world.uow_factory, engine, world.recorder(), worker_id="stopping",
+                               resume_on_shutdown=True)  # fmt: skip
+    task = asyncio.create_task(stopping(job, asyncio.Event()))
+    await asyncio.wait_for(runtime.started["b"].wait(), 30)
+    before = await world.execution("e-shutdown")
+    task.cancel()  # the worker shuts down
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    after = await world.execution("e-shutdown")
+    assert (after.status, after.last_seq) == (RunStatus.RUNNING, before.last_seq)  # nothing recorded
+    assert (after.worker_id, after.lease_expires_at) == (None, None)  # released: the next worker claims at once
+
+    successor = CountingRuntime()
+    await world.runner(successor, "successor")(job, asyncio.Event())
+    assert successor.nodes() == ["b", "c"]
+    assert (await world.execution("e-shutdown")).status == RunStatus.COMPLETED
+    assert_one_clean_log(await world.events("e-shutdown"), EventKind.RUN_COMPLETED)
+
+
+async def test_by_default_a_worker_shutting_down_records_the_run_interrupted(world: World) -> None:
+    job = await world.add_execution("e-embedded")
+    runtime = CountingRuntime(hold="b")
+    task = asyncio.create_task(world.runner(runtime, "embedded")(job, asyncio.Event()))
+    await asyncio.wait_for(runtime.started["b"].wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    execution = await world.execution("e-embedded")
+    assert (execution.status, execution.error, execution.worker_id) == (RunStatus.CANCELLED, "interrupted", None)
+    assert_one_clean_log(await world.events("e-embedded"), EventKind.RUN_CANCELLED)
+
+
 # -- the watchdog ------------------------------------------------------------------------------------------
 async def _abandon_mid_run(world: World, execution_id: str, *, created_at: float | None = None) -> None:
     """The state a kill -9 leaves: a and b's start checkpointed, then nothing; the lease runs out."""

@@ -227,6 +227,7 @@ class _Lease:
         self.seconds = seconds
         self.expires_at = expires_at
         self.lost = asyncio.Event()
+        self.closed = False  # set when the run is abandoned for a successor: nothing more may be written
 
     @property
     def fence_at(self) -> float:
@@ -238,7 +239,7 @@ class _Lease:
             log.warning("execution.lease_expired_locally", tenant_id=self.tenant_id,
                         execution_id=self.execution_id, worker_id=self.worker_id)  # fmt: skip
             self.lost.set()
-        if self.lost.is_set():
+        if self.lost.is_set() or self.closed:
             raise LeaseLost(self.execution_id)
 
     async def keep(self) -> None:
@@ -294,10 +295,14 @@ class ExecutionRunner:
 
     The engine runs with the recorder's sinks, so node checkpoints, the replay log and the live bus receive
     every event in order. When ``cancel`` is set the run stops (running nodes are interrupted) and ends
-    ``cancelled``; when the worker itself is torn down (shutdown), the run is interrupted and recorded so."""
+    ``cancelled``. When the worker itself is torn down (shutdown: the handler is cancelled) the run is
+    interrupted and, by default, recorded ``cancelled`` ("interrupted"), as the embedded in-process queue
+    wants; with ``resume_on_shutdown`` (distributed workers whose queue hands the job to another worker)
+    nothing is recorded and the lease is released, so the next holder resumes the run from its checkpoints."""
 
     def __init__(self, uow_factory: UnitOfWorkFactory, engine: Engine, recorder: ExecutionRecorder, *,
-                 worker_id: str | None = None, lease_seconds: float = 30.0) -> None:  # fmt: skip
+                 worker_id: str | None = None, lease_seconds: float = 30.0,
+                 resume_on_shutdown: bool = False) -> None:  # fmt: skip
         if not lease_seconds > 0:
             raise ValueError("lease_seconds must be positive")
         self.uow_factory = uow_factory
@@ -305,6 +310,7 @@ class ExecutionRunner:
         self.recorder = recorder
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
+        self.resume_on_shutdown = resume_on_shutdown
         self._active: set[tuple[str, str]] = set()
 
     async def __call__(self, job: RunExecution, cancel: asyncio.Event) -> None:
@@ -427,6 +433,10 @@ class ExecutionRunner:
                 handle.cancel("lease lost" if lease.lost.is_set() else "cancelled")
             outcome = await result
         except asyncio.CancelledError:
+            if self.resume_on_shutdown:
+                lease.closed = True  # the interruption is not recorded: the run stays resumable
+                log.info("execution.left_for_resume", tenant_id=tenant_id, execution_id=execution_id,
+                         worker_id=self.worker_id)  # fmt: skip
             handle.cancel("interrupted")
             with contextlib.suppress(Exception):
                 await asyncio.shield(result)
