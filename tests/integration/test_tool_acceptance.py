@@ -77,7 +77,7 @@ async def _no_runs(job: RunExecution, cancel: asyncio.Event) -> None:
 
 @pytest.fixture
 async def local() -> AsyncIterator[LocalTools]:
-    async with open_local_tools({}) as parts:
+    async with open_local_tools(Settings.from_env().extra) as parts:  # CREWFLOW_SANDBOX_* settings apply
         yield parts
 
 
