@@ -35,6 +35,8 @@ class Recorder:
     release: dict[str, asyncio.Event] = field(default_factory=dict)
     block: set[str] = field(default_factory=set)
     seen_cancelled_at_start: list[str] = field(default_factory=list)
+    running_now: int = 0
+    most_at_once: int = 0
 
     def _event(self, table: dict[str, asyncio.Event], key: str) -> asyncio.Event:
         return table.setdefault(key, asyncio.Event())
@@ -44,6 +46,8 @@ class Recorder:
         if cancel.is_set():
             self.seen_cancelled_at_start.append(key)
         self._event(self.started, key).set()
+        self.running_now += 1
+        self.most_at_once = max(self.most_at_once, self.running_now)
         outcome = "done"
         try:
             if key in self.block:
@@ -59,6 +63,7 @@ class Recorder:
             outcome = "interrupted"
             raise
         finally:
+            self.running_now -= 1
             self.calls.append((key, outcome))
             self._event(self.ended, key).set()
 
@@ -231,8 +236,10 @@ async def test_concurrency_bounds_the_jobs_one_worker_runs_at_once(
     assert worker._running_count() == 2
     for job in jobs:
         handler.free(job.execution_id)
+    for job in jobs:
         await handler.wait_ended(job.execution_id)  # each freed slot takes the next job
     assert sorted(c[0] for c in handler.calls) == sorted(j.execution_id for j in jobs)
+    assert handler.most_at_once == 2
 
 
 # -- cancel -----------------------------------------------------------------------------------------------------
