@@ -421,6 +421,8 @@ async def build_worker_container(settings: Settings | None = None, *, runtime: A
         raise ValueError("CREWFLOW_REDIS_URL is not set: workers take executions from the Redis queue")
     core = await build_core(settings, runtime=runtime)
     worker_id = worker_id or new_worker_id()
+    # On SIGTERM the worker cancels its jobs and the queue hands them to another worker: the runner records
+    # nothing then and releases the lease, so the next holder resumes from the checkpoints at once.
     runner = ExecutionRunner(core.uow_factory, core.engine, core.recorder, worker_id=worker_id,
-                             lease_seconds=lease_seconds(settings))  # fmt: skip
+                             lease_seconds=lease_seconds(settings), resume_on_shutdown=True)  # fmt: skip
     return WorkerContainer(core, worker_id, runner, ArqJobQueue(settings.redis_url, queue_name=queue_name(settings)))

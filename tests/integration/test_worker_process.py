@@ -30,6 +30,7 @@ from crewflow.adapters.crypto.aesgcm import generate_key
 from crewflow.adapters.sql.migrate import migrate
 from crewflow.application.executions import get_execution
 from crewflow.bootstrap import ApiContainer, build_api_container
+from crewflow.domain.events import EventKind
 from crewflow.domain.execution import FlowRecord
 from crewflow.entrypoints.worker import check_workers
 from crewflow.settings import Settings
@@ -253,8 +254,6 @@ async def test_cancel_through_the_api_stops_a_run_in_a_worker_process(slow_stack
     assert {n["node_id"]: n["status"] for n in done["nodes"]}["research"] == "cancelled"
 
 
-@pytest.mark.xfail(strict=True, reason="ExecutionRunner still records a shutdown interruption (task cancelled) as a "
-                   "terminal run.cancelled; it must stop writing instead, like after a lost lease (see ADR 0011)")
 async def test_sigterm_requeues_the_running_execution_and_the_other_worker_finishes_it(slow_stack: Stack) -> None:
     stack = slow_stack
     stack.start_worker()
@@ -267,10 +266,15 @@ async def test_sigterm_requeues_the_running_execution_and_the_other_worker_finis
         first.send_signal(signal.SIGTERM)  # mid-run: "write" is running
         assert await asyncio.to_thread(first.wait, WAIT) == 0, stack.worker_log(first)
         done = await user.wait_for(execution_id, TERMINAL)
+        events = await stack.container.logstore.for_tenant(user.tenant_id).events_after(execution_id, 0, 1000)
     log = stack.worker_log(first)
     assert "worker.requeued" in log and execution_id in log, log
     assert done["status"] == "completed", done
     assert done["outputs"] == {"out": "[Writer] write up: [Writer] research owls"}
+    # resumed, not restarted: one more run.started, "research" (done before the stop) never ran again
+    assert [e.kind for e in events if e.node_id is None].count(EventKind.RUN_STARTED) == 2
+    assert [(e.kind, e.node_id) for e in events].count((EventKind.NODE_STARTED, "research")) == 1
+    assert not any(e.kind == EventKind.RUN_CANCELLED for e in events)
 
 
 async def test_a_killed_worker_s_execution_is_taken_over_after_its_lease(slow_stack: Stack) -> None:
