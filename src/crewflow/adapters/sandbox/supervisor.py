@@ -38,15 +38,6 @@ def oom_kills():
             pass
     return None
 
-def reap():
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
 def clean():
     try:
         os.kill(-1, signal.SIGKILL)
@@ -102,7 +93,10 @@ def call(data, cap):
     sel.register(child.stdout, selectors.EVENT_READ, "out")
     sel.register(child.stderr, selectors.EVENT_READ, "err")
     while sel.get_map():
-        for key, _ in sel.select():
+        events = sel.select(0.05)
+        if not events and child.poll() is not None:
+            break  # the tool ended; whatever it left running holds its pipes and is killed by clean()
+        for key, _ in events:
             chunk = os.read(key.fileobj.fileno(), 65536)
             if not chunk:
                 sel.unregister(key.fileobj)
@@ -116,6 +110,9 @@ def call(data, cap):
                 err += chunk
             else:
                 tail = (tail + chunk)[-4096:]
+    sel.close()
+    child.stdout.close()
+    child.stderr.close()
     status = child.wait()
     writer.join(1)
     if tail:
