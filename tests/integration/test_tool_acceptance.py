@@ -76,8 +76,15 @@ async def _no_runs(job: RunExecution, cancel: asyncio.Event) -> None:
 
 
 @pytest.fixture
-async def local() -> AsyncIterator[LocalTools]:
-    async with open_local_tools(Settings.from_env().extra) as parts:  # CREWFLOW_SANDBOX_* settings apply
+def backends() -> str:
+    """The sandbox backends a test uses (``CREWFLOW_SANDBOX_BACKENDS``); tests parametrize it."""
+    return "docker,bubblewrap"
+
+
+@pytest.fixture
+async def local(backends: str) -> AsyncIterator[LocalTools]:
+    extra = {**Settings.from_env().extra, "CREWFLOW_SANDBOX_BACKENDS": backends}  # other CREWFLOW_* settings apply
+    async with open_local_tools(extra) as parts:
         yield parts
 
 
@@ -128,12 +135,16 @@ async def run_flow_counting_the_agents_words(client: httpx.AsyncClient, admin: d
     assert execution["outputs"] == {"out": len(written.split())}
 
 
+@pytest.mark.parametrize("backends", ["docker"])
 async def test_a_dockerfile_tool_built_through_the_api_runs_in_a_flow(
     container: ApiContainer, local: LocalTools
 ) -> None:
     if local.builder is None or local.sandbox is None:
         pytest.skip("no Docker engine answers here (or the sandbox adapters are not installed): the tool image "
-                    "cannot be built; run deploy's sandbox-engine script to start one")
+                    "cannot be built; run deploy/ci/sandbox-engine.sh (as root) to start one")
+    from sandbox_support import engine_url, need_base_image
+
+    await need_base_image(engine_url())
     async with served_client(container) as client:
         _, token = await make_user(container, Role.ADMIN)
         admin = bearer(token)
@@ -149,12 +160,17 @@ async def test_a_dockerfile_tool_built_through_the_api_runs_in_a_flow(
         await run_flow_counting_the_agents_words(client, admin)
 
 
+@pytest.mark.parametrize("backends", ["bubblewrap"])  # Docker switched off: bubblewrap alone runs the script
 async def test_a_script_tool_runs_in_a_flow_under_bubblewrap_without_docker(container: ApiContainer,
                                                                            local: LocalTools) -> None:  # fmt: skip
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed (apt-get install -y bubblewrap)")
     if local.sandbox is None:
         pytest.skip("no tool sandbox here: the sandbox adapters (crewflow.adapters.sandbox) are not installed")
+    from sandbox_support import need_bubblewrap
+
+    need_bubblewrap()
+    assert local.builder is None  # no Docker here
     async with served_client(container) as client:
         _, token = await make_user(container, Role.ADMIN)
         admin = bearer(token)
