@@ -5,6 +5,7 @@ checks the wiring, and nothing heavy is imported until the function that needs i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,10 +29,14 @@ from crewflow.settings import Settings
 
 if TYPE_CHECKING:
     from crewflow.adapters.arq.queue import ArqJobQueue
+    from crewflow.adapters.metrics.prometheus import PrometheusMetrics
     from crewflow.adapters.redis import RedisAdapters
     from crewflow.application.chats import ChatService
     from crewflow.application.executions import ExecutionRecorder, ExecutionRunner
     from crewflow.application.providers import RepositoryProviderRegistry
+    from crewflow.application.webhooks import WebhookDispatcher
+    from crewflow.ports.events import EventSink
+    from crewflow.ports.metrics import Metrics
     from crewflow.ports.provisioning import TenantProvisioner
     from crewflow.ports.sessions import SessionStore
 
@@ -144,6 +149,7 @@ class ApiContainer:
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     user_status: UserStatusCache = field(default_factory=UserStatusCache)  # read by the token middleware
     sessions: SessionStore | None = None  # login sessions (memory, or Redis with ``CREWFLOW_REDIS_URL``)
+    metrics: Metrics | None = None  # served at /metrics (ADR 0013)
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
@@ -208,6 +214,8 @@ class Core:
     provider_registry: RepositoryProviderRegistry
     bus: EventBus
     recorder: ExecutionRecorder
+    metrics: PrometheusMetrics  # this process's metrics (the API's /metrics, a worker's CREWFLOW_METRICS_PORT)
+    webhooks: WebhookDispatcher  # flow webhooks: the recorder's sink schedules, a worker cron retries
     redis: RedisAdapters | None = None  # with ``CREWFLOW_REDIS_URL``: the bus, cache, limits, sessions on Redis
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
@@ -226,14 +234,20 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
     from crewflow.adapters.cache.memory import MemoryCache
     from crewflow.adapters.crypto.aesgcm import AesGcmCipher
     from crewflow.adapters.llm import build_provider
+    from crewflow.adapters.metrics.events import count_runs
+    from crewflow.adapters.metrics.prometheus import PrometheusMetrics
     from crewflow.adapters.sql import PostgresDatabase, SqlUnitOfWorkFactory, open_database
     from crewflow.adapters.sql.catalog_budget import limit_tenants_per_connection
     from crewflow.adapters.sql.checkpoints import CheckpointSink
     from crewflow.adapters.sql.logstore import SqlLogStore
     from crewflow.adapters.sql.migrate import migrate
+    from crewflow.adapters.telemetry import instrument_engine
+    from crewflow.adapters.webhook_http import AiohttpWebhookTransport
     from crewflow.application.executions import ExecutionRecorder
     from crewflow.application.gateway import Gateway
     from crewflow.application.providers import RepositoryProviderRegistry
+    from crewflow.application.webhooks import WebhookDispatcher, WebhookSink, allow_private_from
+    from crewflow.ports.cache import Cache
 
     settings = settings or Settings.from_env()
     url = settings.effective_database_url
@@ -260,33 +274,44 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
     # With the log in this same database, a batch's checkpoint and its replay-log rows share one commit.
     events_with_checkpoints = isinstance(logstore, SqlLogStore)
     provider_registry = RepositoryProviderRegistry(uow_factory, cipher, build_provider, clock)
-    # non-scripted agents run on CrewAI over the failover gateway with each tenant's providers
-    engine = build_engine(settings, runtime=runtime, gateway=Gateway(provider_registry, cache=MemoryCache()))
-    # The live bus: on Redis when configured (API instances and workers share it); otherwise in memory, one
-    # process (watchers of a run elsewhere still get every event: ``watch_execution`` re-reads the log).
+    # The live bus and the LLM response cache: on Redis when configured (API instances and workers share
+    # them); otherwise in memory, one process (watchers of a run elsewhere still get every event:
+    # ``watch_execution`` re-reads the log).
     redis = None
     bus: EventBus
+    cache: Cache
     if settings.redis_url:
         from crewflow.adapters.redis import build_redis_adapters
 
         redis = build_redis_adapters(settings.redis_url)
-        bus = redis.bus
+        bus, cache = redis.bus, redis.cache
     else:
         from crewflow.adapters.memory.bus import MemoryEventBus
 
-        bus = MemoryEventBus()
+        bus, cache = MemoryEventBus(), MemoryCache()
+    metrics = PrometheusMetrics()
+    # non-scripted agents run on CrewAI over the failover gateway with each tenant's providers
+    engine = build_engine(settings, runtime=runtime, gateway=Gateway(provider_registry, cache=cache, metrics=metrics))
+    instrument_engine(engine, metrics)  # node spans, node metrics, node_id in the log context (ADR 0013)
+    transport = AiohttpWebhookTransport(allow_private=allow_private_from(settings.extra))
+    webhooks = WebhookDispatcher(uow_factory, cipher, transport, clock)
+
+    def checkpoints(tenant_id: str) -> EventSink:
+        return CheckpointSink(uow_factory, tenant_id, store_events=events_with_checkpoints)
+
     recorder = ExecutionRecorder(
-        lambda tenant_id: CheckpointSink(uow_factory, tenant_id, store_events=events_with_checkpoints),
-        logstore, bus, clock, checkpoints_store_events=events_with_checkpoints,
+        count_runs(checkpoints, metrics), logstore, bus, clock, checkpoints_store_events=events_with_checkpoints,
+        extra_sinks=lambda tenant_id: [WebhookSink(tenant_id, uow_factory, webhooks, clock)],
     )
     core = Core(settings=settings, clock=clock, uow_factory=uow_factory, database_url=url, logstore=logstore,
                 cipher=cipher, engine=engine, provider_registry=provider_registry, bus=bus,
-                recorder=recorder, redis=redis)  # fmt: skip
+                recorder=recorder, metrics=metrics, webhooks=webhooks, redis=redis)  # fmt: skip
     core.closers.extend([database.dispose, provider_registry.close])
     if not events_with_checkpoints:
         core.closers.append(logstore.close)
     if redis is not None:
         core.closers.append(redis.aclose)
+    core.closers.extend([transport.aclose, webhooks.close])  # pending deliveries stop before their transport
     return core
 
 
@@ -330,6 +355,31 @@ def worker_concurrency(settings: Settings) -> int:
     return _positive_int(settings, "CREWFLOW_WORKER_CONCURRENCY", 4)
 
 
+@functools.cache
+def _traced_queue_class() -> type:
+    from crewflow.adapters.telemetry import TracingJobQueue
+
+    class TracedQueue(TracingJobQueue):
+        """``TracingJobQueue`` (ADR 0013) whose ``handler`` reads and writes the wrapped in-process queue's,
+        so code that swaps the handler of ``container.queue`` (tests, embedding) still reaches the queue."""
+
+        @property
+        def handler(self) -> object:
+            return self.inner.handler  # type: ignore[attr-defined]
+
+        @handler.setter
+        def handler(self, value: object) -> None:
+            self.inner.handler = value  # type: ignore[attr-defined]
+
+    return TracedQueue
+
+
+def _traced(queue: JobQueue) -> JobQueue:
+    """``queue`` whose jobs leave with the enqueuer's trace context and request id (ADR 0013)."""
+    traced: JobQueue = _traced_queue_class()(queue)
+    return traced
+
+
 async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds: int = 12,
                               runtime: AgentRuntime | None = None) -> ApiContainer:  # fmt: skip
     """The shared core (``build_core``) plus what only the HTTP API needs: tenant provisioning (with spare
@@ -341,6 +391,7 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     from crewflow.adapters.memory.queue import InProcessJobQueue
     from crewflow.adapters.memory.sessions import MemorySessionStore
     from crewflow.adapters.sql.provisioning import PostgresProvisioner, open_provisioner
+    from crewflow.adapters.telemetry import bind_job_context
     from crewflow.application.chats import ChatService
     from crewflow.application.executions import ExecutionRunner
 
@@ -379,7 +430,12 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
         queue=queue,
         chats=ChatService(core.uow_factory, core.logstore, core.bus, core.engine.runtime, core.clock, UuidGenerator()),
         sessions=core.redis.sessions if core.redis else MemorySessionStore(),
+        metrics=core.metrics,
     )
+    # the in-process queue's handler in the job's log context and span; enqueued jobs carry the trace
+    if isinstance(queue, InProcessJobQueue):
+        queue.handler = bind_job_context(queue.handler, metrics=core.metrics)
+    container.queue = _traced(queue)
     container.closers.extend([core.aclose, provisioner.aclose])
     container.closers.append(container.queue.close)  # closed first: running jobs still reach the database
     container.closers.append(container.chats.close)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -64,10 +65,10 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
 
-    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, *args: str, **env: str) -> subprocess.Popen[bytes]:
         log = Path(self.env["CREWFLOW_DATA_DIR"]) / f"worker-{len(self.workers)}.log"
         handle = log.open("wb")
-        process = subprocess.Popen([CREWFLOW, "worker", "--concurrency", "2", *args], env=self.env,
+        process = subprocess.Popen([CREWFLOW, "worker", "--concurrency", "2", *args], env={**self.env, **env},
                                    stdout=handle, stderr=subprocess.STDOUT)  # fmt: skip
         handle.close()
         self.workers.append(process)
@@ -206,7 +207,7 @@ async def api(stack: Stack, flow: Mapping[str, Any] = SHORT) -> AsyncIterator[Ap
 
 
 async def holder(stack: Stack, execution_id: str) -> str:
-    queue = stack.container.queue
+    queue = stack.container.queue.inner  # type: ignore[attr-defined]  # behind the tracing decorator
     assert isinstance(queue, ArqJobQueue)
 
     async def held() -> str:
@@ -223,10 +224,23 @@ def run_check(env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess
 
 
 # -- tests --------------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def completed_runs(metrics_text: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
+               if line.startswith('flow_executions_total{status="completed"}'))  # fmt: skip
+
+
 async def test_serve_enqueues_and_two_worker_processes_run_the_flows(stack: Stack) -> None:
-    assert isinstance(stack.container.queue, ArqJobQueue)  # the API process runs no execution itself
-    stack.start_worker()
-    stack.start_worker()
+    assert isinstance(stack.container.queue.inner, ArqJobQueue)  # type: ignore[attr-defined]  # runs nothing here
+    ports = [free_port(), free_port()]
+    for port in ports:
+        stack.start_worker(CREWFLOW_METRICS_PORT=str(port), CREWFLOW_METRICS_ADDR="127.0.0.1")
     await stack.wait_for_workers(2)
     async with api(stack) as user:
         ids = [await user.execute("two", topic=f"topic {i}") for i in range(6)]
@@ -237,6 +251,10 @@ async def test_serve_enqueues_and_two_worker_processes_run_the_flows(stack: Stac
     for d in done:
         assert {n["node_id"]: n["status"] for n in d["nodes"]} == {
             "in": "completed", "research": "completed", "write": "completed", "out": "completed"}
+    # each worker serves its own metrics (CREWFLOW_METRICS_PORT); together they counted the six runs
+    async with httpx.AsyncClient() as scraper:
+        scraped = [(await scraper.get(f"http://127.0.0.1:{port}/metrics")).text for port in ports]
+    assert sum(completed_runs(text) for text in scraped) == 6
 
 
 async def test_cancel_through_the_api_stops_a_run_in_a_worker_process(slow_stack: Stack) -> None:

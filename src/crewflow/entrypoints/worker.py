@@ -98,10 +98,12 @@ def cron_jobs(container: WorkerContainer) -> list[CronJob]:
     """Housekeeping every worker schedules; arq runs each occurrence once across all workers (the job id
     names the occurrence). ``recover_expired`` every 30 s re-enqueues executions whose worker died (or
     ends them ``failed`` after too many recoveries); ``purge_expired`` hourly deletes what is older than
-    ``CREWFLOW_RETENTION_DAYS`` (default 30)."""
+    ``CREWFLOW_RETENTION_DAYS`` (default 30); ``deliver_due`` every 30 s retries flow webhooks whose next
+    attempt is due (also those a stopped process left pending)."""
     from arq.cron import cron
 
     from crewflow.application.watchdog import purge_expired, recover_expired, retention_days_from
+    from crewflow.application.webhooks import deliver_due
 
     core = container.core
     retention = retention_days_from(core.settings.extra)
@@ -118,10 +120,15 @@ def cron_jobs(container: WorkerContainer) -> list[CronJob]:
         log.info("retention.purged", executions=report.executions, events=report.events,
                  chat_messages=report.chat_messages, idempotency_keys=report.idempotency_keys)  # fmt: skip
 
+    async def webhooks(ctx: dict[str, Any]) -> None:
+        await deliver_due(core.webhooks, await tenant_ids(container))
+
     return [
         cron(recover, name="crewflow.watchdog.recover_expired", second={0, 30}, unique=True, timeout=300,
              max_tries=1),
         cron(purge, name="crewflow.watchdog.purge_expired", minute=17, second=0, unique=True, timeout=3600,
+             max_tries=1),
+        cron(webhooks, name="crewflow.webhooks.deliver_due", second={15, 45}, unique=True, timeout=300,
              max_tries=1),
     ]
 
@@ -129,15 +136,22 @@ def cron_jobs(container: WorkerContainer) -> list[CronJob]:
 async def run_worker(settings: Settings, options: WorkerOptions, *, runtime: AgentRuntime | None = None,
                      worker_id: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Run a worker until SIGTERM/SIGINT (or, with ``burst``, until the queue is empty); returns its counts."""
+    import os
+
     from crewflow.adapters.arq.worker import CrewflowWorker
+    from crewflow.adapters.metrics.prometheus import serve_metrics_from_env
+    from crewflow.adapters.telemetry import bind_job_context, configure_tracing
     from crewflow.bootstrap import build_worker_container
 
     if not settings.redis_url:
         raise ValueError("CREWFLOW_REDIS_URL is not set: workers take executions from the Redis queue")
+    configure_tracing(service_name="crewflow-worker")  # before CrewAI is imported; OTEL_SERVICE_NAME wins
     container = await build_worker_container(settings, runtime=runtime, worker_id=worker_id)
+    stop_metrics = None
     try:
+        stop_metrics = serve_metrics_from_env(os.environ, container.core.metrics)  # CREWFLOW_METRICS_PORT
         worker = CrewflowWorker(
-            container.runner,
+            bind_job_context(container.runner, metrics=container.core.metrics),
             redis_url=settings.redis_url,
             queue_name=options.queue,
             concurrency=options.concurrency,
@@ -162,6 +176,8 @@ async def run_worker(settings: Settings, options: WorkerOptions, *, runtime: Age
         return {"worker_id": worker.worker_id, "complete": worker.jobs_complete, "failed": worker.jobs_failed,
                 "retried": worker.jobs_retried, "requeued": len(worker.interrupted)}  # fmt: skip
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
         await container.aclose()
 
 
