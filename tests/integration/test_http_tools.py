@@ -65,7 +65,7 @@ class HeldBuilder:
         if not ok:
             raise ToolBuildError("step 2 (RUN) failed with exit status 1")
         tag = f"crewflow-tools/{spec.tenant_id}/{spec.tool_id}:{spec.version}"
-        return BuiltImage(image=tag, digest=f"{tag}@sha256:{spec.version:064d}")
+        return BuiltImage(image=f"{tag}@sha256:{spec.version:064d}", digest=f"sha256:{spec.version:064d}")
 
 
 class WordSandbox:

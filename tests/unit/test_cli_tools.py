@@ -114,7 +114,7 @@ def test_build_sends_the_dockerfile_and_the_other_files_as_context(
 ) -> None:
     assert main(["tools", "build", str(image_tool(tmp_path))]) == 0
     out, err = capsys.readouterr()
-    assert out.strip() == "sha256:abc" and "Step 1/1" in err
+    assert out.strip() == "crewflow-tools/local/wc:1" and "Step 1/1" in err
     spec = local.builder.specs[0]  # type: ignore[union-attr]
     assert spec.dockerfile.startswith("FROM crewflow/tool-base:bookworm")
     assert dict(spec.context) == {"wc.py": SCRIPT.encode(), "lib/util.py": b"X = 1\n"}  # no manifest, no dotfiles
@@ -124,7 +124,7 @@ def test_run_builds_an_image_tool_first_and_runs_the_image(tmp_path: Path, local
                                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     assert main(["tools", "run", str(image_tool(tmp_path)), "-i", '{"text": "a b"}']) == 0
     assert json.loads(capsys.readouterr().out) == {"words": 2}
-    assert local.sandbox.calls[0].tool.image == "sha256:abc"  # type: ignore[union-attr]
+    assert local.sandbox.calls[0].tool.image == "crewflow-tools/local/wc:1"  # type: ignore[union-attr]
 
 
 def test_a_failed_build_is_exit_1_with_the_reason(tmp_path: Path, local: cli_tools.LocalTools,

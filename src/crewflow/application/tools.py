@@ -392,7 +392,7 @@ class ToolService:
                                error=f"the build failed unexpectedly ({type(exc).__name__})", log_text=tail.text())
             return
         await self._stop(tail, flusher)
-        await self._finish(job.tenant_id, job.tool_id, source, status=READY, image=built.digest or built.image,
+        await self._finish(job.tenant_id, job.tool_id, source, status=READY, image=built.image,
                            log_text=tail.text())  # fmt: skip
         log.info("tool.build_ready", tenant_id=job.tenant_id, tool_id=job.tool_id, version=job.version,
                  image=built.image)  # fmt: skip

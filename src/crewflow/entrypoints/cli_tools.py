@@ -258,7 +258,7 @@ async def _build(args: argparse.Namespace, tool: ToolDir | None) -> int:
             print(f"{tool.name}: a script tool, nothing to build", file=sys.stderr)
             return EXIT_OK
         built = await _build_dir(tool, local, _log_line(args.quiet))
-        print(built.digest or built.image)
+        print(built.image)
         return EXIT_OK
 
 
@@ -281,7 +281,7 @@ async def _run(args: argparse.Namespace, tool: ToolDir | None, payload: Any) -> 
         image = None
         if tool.dockerfile is not None:
             built = await _build_dir(tool, local, _log_line(quiet=True))
-            image = built.digest or built.image
+            image = built.image
         return await _run_dir(tool, image, local, payload)
 
 
