@@ -71,6 +71,7 @@ REAP_GRACE = 60.0
 SCRIPT_BOOT = ("import sys\nn = int(sys.stdin.buffer.readline())\nsrc = sys.stdin.buffer.read(n)\n"
                "exec(compile(src, 'tool.py', 'exec'), {'__name__': '__main__'})\n")  # fmt: skip
 _COMPONENT = re.compile(r"[^a-z0-9]+")
+pool_closing: set[asyncio.Task[None]] = set()  # keeps retiring pools' close tasks alive
 
 
 def _start_time(pid: int) -> str | None:
@@ -194,18 +195,22 @@ class _Pool:
         self.size = size
         self.idle: list[_Warm] = []
         self.starting = 0
+        self.in_use = 0
         self.broken: str | None = None
         self.tasks: set[asyncio.Task[None]] = set()
 
     def take(self) -> _Warm | None:
-        warm = self.idle.pop() if self.idle else None
+        """An idle container (counted as in use until given back), or None: the caller runs cold."""
         self.refill()
-        return warm
+        if not self.idle:
+            return None
+        self.in_use += 1
+        return self.idle.pop()
 
     def refill(self) -> None:
         if self.broken is not None or self.sandbox.closed:
             return
-        while len(self.idle) + self.starting < self.size:
+        while len(self.idle) + self.in_use + self.starting < self.size:
             self.starting += 1
             task = asyncio.ensure_future(self._start_one())
             self.tasks.add(task)
@@ -225,6 +230,7 @@ class _Pool:
             self.idle.append(warm)
 
     def give_back(self, warm: _Warm, healthy: bool) -> None:
+        self.in_use -= 1
         if healthy and warm.calls < POOL_MAX_CALLS and not self.sandbox.closed:
             self.idle.append(warm)
             return
@@ -415,6 +421,12 @@ class DockerSandbox:
         key = (tenant_id, image, tool.limits, self.config.runtime)
         pool = self._pools.get(key)
         if pool is None:
+            for old_key, old in list(self._pools.items()):  # a new build or new limits: retire the old pool
+                if old_key[0] == tenant_id and old.tool.id == tool.id:
+                    del self._pools[old_key]
+                    task = asyncio.ensure_future(old.close())
+                    pool_closing.add(task)
+                    task.add_done_callback(pool_closing.discard)
             pool = self._pools[key] = _Pool(self, tool, tenant_id, image, tool.warm_pool)
         pool.size = tool.warm_pool
         return pool
