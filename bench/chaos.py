@@ -263,9 +263,11 @@ class Cluster:
         from crewflow.application.watchdog import recover_expired
 
         recorder = _recorder(self)
+        # as the worker's cron job would run it: default grace for never-claimed runs (a queue backlog is not
+        # a lost job), the watchdog's own hold no longer than a worker's lease (a worker that meets it waits)
         return await recover_expired([self.tenant_id], uow_factory=self.uow_factory, queue=self.queue,
                                      recorder=recorder, clock=self.clock, max_recoveries=10,
-                                     unclaimed_grace=max(30.0, 10 * self.config.lease))  # fmt: skip
+                                     hold_seconds=self.config.lease)  # fmt: skip
 
     async def node_history(self, execution_id: str) -> list[tuple[str, str]]:
         """(kind, node) of every node.started/node.completed event, in order."""

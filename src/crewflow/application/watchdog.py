@@ -95,15 +95,16 @@ async def recover_expired(
     max_recoveries: int = DEFAULT_MAX_RECOVERIES,
     max_age: float = DEFAULT_MAX_AGE,
     unclaimed_grace: float | None = 300.0,
-    hold_seconds: float = 30.0,
+    hold_seconds: float = 10.0,
     limit: int = _BATCH,
     watchdog_id: str | None = None,
 ) -> RecoveryReport:
     """One pass over each tenant's executions whose lease expired (and, with ``unclaimed_grace``, those no
     worker ever claimed within that many seconds of their creation, e.g. a job lost with its queue).
 
-    Each one is first claimed for the watchdog itself (``hold_seconds``), so a worker that renews or claims
-    it at the same moment wins or loses cleanly. Then it is ended ``failed`` (terminal event through the
+    Each one is first claimed for the watchdog itself (``hold_seconds``, at most the workers' lease: a worker
+    whose claim meets the watchdog's hold waits for it instead of dropping its job), so a worker that renews
+    or claims it at the same moment wins or loses cleanly. Then it is ended ``failed`` (terminal event through the
     recorder, so the row, the log and live watchers all see it) when it was created more than ``max_age``
     seconds ago or was already started more than ``max_recoveries`` times after its first start; otherwise
     its lease is released and it is enqueued again (a worker claims it and resumes from the checkpoints).
