@@ -397,6 +397,13 @@ def test_the_sandbox_runs_docker_engines_under_sysbox_on_the_sandbox_node_pool(o
     )
     sandbox = one(objects, "Deployment", "crewflow-sandbox")
     assert sandbox["spec"]["template"]["spec"]["runtimeClassName"] == SYSBOX
+    # a Docker engine is stateful: each client stays on one, and images travel between engines by registry
+    service = one(objects, "Service", "crewflow-sandbox")
+    assert service["spec"]["sessionAffinity"] == "ClientIP"
+    assert service["spec"]["sessionAffinityConfig"]["clientIP"]["timeoutSeconds"] >= 3600
+    config = one(objects, "ConfigMap", "crewflow-config")["data"]
+    if _max_replicas(objects, sandbox) > 1:
+        assert config.get("CREWFLOW_TOOL_REGISTRY"), "several engines need a registry for built tool images"
     # any pod running a Docker engine must be a Sysbox pod
     for obj in (o for o in objects if o["kind"] in WORKLOADS):
         if any(c["image"].startswith("docker:") and "dind" in c["image"] for c in _containers(obj)):
