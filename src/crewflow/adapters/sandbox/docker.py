@@ -205,7 +205,7 @@ class _Pool:
         if not self.idle:
             return None
         self.in_use += 1
-        return self.idle.pop()
+        return self.idle.pop(0)  # first in, first out: the longest-idle container has its next process ready
 
     def refill(self) -> None:
         if self.broken is not None or self.sandbox.closed:
