@@ -150,6 +150,9 @@ class ApiContainer:
     user_status: UserStatusCache = field(default_factory=UserStatusCache)  # read by the token middleware
     sessions: SessionStore | None = None  # login sessions (memory, or Redis with ``CREWFLOW_REDIS_URL``)
     metrics: Metrics | None = None  # served at /metrics (ADR 0013)
+    # For WebSocket replays (``watch_execution``) only: with Redis, recent events come from the bus' streams
+    # (ADR 0015); paged log reads and ``last_stored_seq`` must keep using ``logstore`` (the durable store).
+    watch_logstore: LogStore | None = None
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
@@ -431,6 +434,7 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
         chats=ChatService(core.uow_factory, core.logstore, core.bus, core.engine.runtime, core.clock, UuidGenerator()),
         sessions=core.redis.sessions if core.redis else MemorySessionStore(),
         metrics=core.metrics,
+        watch_logstore=core.redis.replay_first(core.logstore) if core.redis else None,
     )
     # the in-process queue's handler in the job's log context and span; enqueued jobs carry the trace
     if isinstance(queue, InProcessJobQueue):

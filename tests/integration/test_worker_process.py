@@ -30,10 +30,10 @@ from crewflow.adapters.arq.queue import ArqJobQueue
 from crewflow.adapters.crypto.aesgcm import generate_key
 from crewflow.adapters.sql.migrate import migrate
 from crewflow.application.executions import get_execution
-from crewflow.bootstrap import ApiContainer, build_api_container
+from crewflow.bootstrap import ApiContainer, build_api_container, build_worker_container
 from crewflow.domain.events import EventKind
 from crewflow.domain.execution import FlowRecord
-from crewflow.entrypoints.worker import check_workers
+from crewflow.entrypoints.worker import check_workers, cron_jobs, tenant_ids
 from crewflow.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -332,3 +332,20 @@ async def test_worker_check_exit_codes(stack: Stack) -> None:
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith("crewflow worker: Redis error:")
     assert len(unreachable.stderr.strip().splitlines()) == 1
+
+
+async def test_the_worker_crons_run_against_the_stack(stack: Stack) -> None:
+    """Each cron job a worker schedules runs once, directly: the watchdog, retention and webhook passes over
+    every tenant of the stack's database (nothing to recover, purge or deliver in a fresh one)."""
+    tenant, _ = await make_user(stack.container)
+    container = await build_worker_container(Settings.from_env(stack.env))
+    try:
+        assert tenant in await tenant_ids(container)
+        jobs = cron_jobs(container)
+        assert sorted(job.name for job in jobs) == ["crewflow.watchdog.purge_expired",
+                                                    "crewflow.watchdog.recover_expired",
+                                                    "crewflow.webhooks.deliver_due"]  # fmt: skip
+        for job in jobs:
+            await job.coroutine({})
+    finally:
+        await container.aclose()
