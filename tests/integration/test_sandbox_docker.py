@@ -206,3 +206,27 @@ async def test_open_sandbox_routes_image_tools_to_docker_and_never_runs_unsandbo
     nothing = RoutingSandbox(None, None, "no engine", "no bwrap")
     with pytest.raises(ToolUnavailable, match=r"^tool img needs a Docker engine and none answers here$"):
         await nothing.run_tool(ToolWork("t", "e", "n", 1, ToolRef(id="img", image=BASE_IMAGE), {}), Logs())
+
+
+async def test_a_warm_container_that_died_is_replaced_and_the_call_runs_cold(engine: str) -> None:
+    sandbox = docker_sandbox(engine, InMemoryMetrics())
+    tenant = _tenant()
+    try:
+        built = await sandbox.build(ToolBuildSpec(tenant, "wordcount", 1, DOCKERFILE, {"wc.py": WORDS.encode()}),
+                                    lambda line: None)  # fmt: skip
+        tool = ToolRef(id="wordcount", image=built.image, warm_pool=1)
+        await sandbox.warm_up(tool, tenant)
+        docker = aiodocker.Docker(url=engine)
+        try:
+            (pooled,) = await containers_of(engine, tenant)
+            await docker.containers.container(pooled["Id"]).delete(force=True)
+        finally:
+            await docker.close()
+        outcome = await sandbox.run_tool(ToolWork(tenant, "e", "n", 1, tool, {"text": "still counted"}), Logs())
+        assert outcome.output == {"words": 2}
+        await sandbox.warm_up(tool, tenant)
+        (fresh,) = await containers_of(engine, tenant)
+        assert fresh["Id"] != pooled["Id"] and fresh["Labels"]["crewflow.pool"] == "1"
+    finally:
+        await sandbox.close()
+    assert await containers_of(engine, tenant) == []

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiodocker
+import aiohttp
 from aiodocker.exceptions import DockerError
 from aiodocker.stream import Stream
 
@@ -367,10 +368,15 @@ class DockerSandbox:
                 pool = self._pool(tool, work.tenant_id, image)
                 warm = pool.take()
                 if warm is not None:
-                    raw = await self._run_warm(pool, warm, work, emit, stdin, timeout)
-                    return outcome_of(tool, raw, timeout)
+                    warm_raw: RawRun | None = None
+                    try:
+                        warm_raw = await self._run_warm(pool, warm, work, emit, stdin, timeout)
+                    except Exception:  # a broken container (gone, closed stream): retired; this call runs cold
+                        warm_raw = None
+                    if warm_raw is not None:
+                        return outcome_of(tool, warm_raw, timeout)
             raw = await self._run_cold(work, emit, image, entrypoint, cmd, stdin, timeout)
-        except (DockerError, aiodocker.exceptions.DockerContainerError, OSError) as exc:
+        except (DockerError, OSError, aiohttp.ClientError) as exc:
             raise engine_error(tool, "the Docker engine failed", exc) from None
         return outcome_of(tool, raw, timeout)
 
