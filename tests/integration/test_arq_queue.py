@@ -361,3 +361,15 @@ async def test_jobs_of_another_queue_are_not_taken(queue: ArqJobQueue, start_wor
         await other.close()
         keys = QueueKeys(other.queue_name)
         await redis_client.delete(other.queue_name, keys.wake, keys.job(job.execution_id))
+
+
+async def test_a_burst_worker_runs_what_is_queued_then_stops(queue: ArqJobQueue, queue_name: str) -> None:
+    handler = Recorder()
+    jobs = [new_job() for _ in range(3)]
+    for job in jobs:
+        await queue.enqueue(job)
+    worker = CrewflowWorker(handler, redis_url=REDIS_URL, queue_name=queue_name, burst=True)
+    await asyncio.wait_for(worker.serve(), WAIT)
+    assert sorted(c[0] for c in handler.calls) == sorted(j.execution_id for j in jobs)
+    assert worker.jobs_complete == 3
+    assert await check_workers(REDIS_URL, queue_name, max_age=60) == []  # it left the heartbeat set
