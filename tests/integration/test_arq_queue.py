@@ -373,3 +373,18 @@ async def test_a_burst_worker_runs_what_is_queued_then_stops(queue: ArqJobQueue,
     assert sorted(c[0] for c in handler.calls) == sorted(j.execution_id for j in jobs)
     assert worker.jobs_complete == 3
     assert await check_workers(REDIS_URL, queue_name, max_age=60) == []  # it left the heartbeat set
+
+
+async def test_with_a_grace_period_a_stopping_worker_lets_its_job_finish(
+    queue: ArqJobQueue, start_worker: WorkerFactory
+) -> None:
+    handler = Recorder()
+    job = new_job()
+    handler.block.add(job.execution_id)
+    worker = await start_worker(handler, grace=30)
+    await queue.enqueue(job)
+    await handler.wait_started(job.execution_id)
+    worker.stop()
+    handler.free(job.execution_id)  # it ends within the grace period: not interrupted, not queued again
+    await handler.wait_ended(job.execution_id)
+    assert handler.calls == [(job.execution_id, "released")]

@@ -244,9 +244,14 @@ class CrewflowWorker(Worker):
         log.info("worker.started", worker_id=self.worker_id, queue=self.queue_name, concurrency=self.max_jobs)
         while not self._stopping:
             self._wake.clear()
-            await self._poll_iteration()
-            if self.burst and await self._burst_done():
-                return
+            try:
+                await self._poll_iteration()
+                if self.burst and await self._burst_done():
+                    return
+            except (RedisError, OSError) as exc:  # Redis restarting: running jobs go on, polling resumes
+                log.warning("worker.poll_failed", worker_id=self.worker_id, error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
             if self._stopping:
                 return
             with contextlib.suppress(TimeoutError):
@@ -262,9 +267,11 @@ class CrewflowWorker(Worker):
         self._stopping = True
         self.allow_pick_jobs = False
         running = [t for t in self.tasks.values() if not t.done()]
-        if running and self.grace_s > 0:
-            stop_now = asyncio.ensure_future(self._stop_now.wait())
-            await asyncio.wait([*running, stop_now], timeout=self.grace_s, return_when=asyncio.ALL_COMPLETED)
+        if running and self.grace_s > 0:  # until they all end, the grace runs out, or a second stop()
+            ended: asyncio.Future[Any] = asyncio.gather(*running, return_exceptions=True)
+            stop_now: asyncio.Future[Any] = asyncio.ensure_future(self._stop_now.wait())
+            waits: list[asyncio.Future[Any]] = [ended, stop_now]
+            await asyncio.wait(waits, timeout=self.grace_s, return_when=asyncio.FIRST_COMPLETED)
             stop_now.cancel()
         cancelled = [job_id for job_id, t in self.tasks.items() if not t.done()]
         for task in self.tasks.values():
