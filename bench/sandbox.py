@@ -10,12 +10,14 @@ two unmeasured calls each):
 - ``docker warm pool of 1`` and ``docker warm pool`` (``warm_pool=4``): DockerSandbox's warm pool — a fresh
   tool process per call in a pre-started container, wiped after each call, the next call's process started
   right after an answer. Back-to-back calls on a pool of 1 wait for that process's interpreter start-up;
-  with 4 containers taken in turn each has three calls' time to get it ready;
+  with 4 containers taken in turn each has three calls' time to get it ready; ``50 ms apart`` pauses (not
+  measured) before each call, as an agent thinking between tool calls would;
 - ``docker exec``: for reference, ``docker exec`` of the tool in a running container through the API;
 - ``bubblewrap``: BubblewrapSandbox running the same tool as a script;
 - ``host python3``: for reference, the bare, unsandboxed ``/usr/bin/python3`` process.
 
-It prints the warm/cold ratio. Everything is sequential: on a shared machine the figures include noise.
+It prints the cold/warm p50 ratio of each warm row. Everything is sequential: on a shared machine the
+figures include noise.
 """
 
 from __future__ import annotations
@@ -49,11 +51,14 @@ def _ignore(kind: Any, data: Any) -> None:
     return None
 
 
-async def measure(calls: int, one: Callable[[], Awaitable[Any]]) -> dict[str, float]:
+async def measure(calls: int, one: Callable[[], Awaitable[Any]], gap: float = 0.0) -> dict[str, float]:
+    """p50/p95 in ms of ``calls`` sequential calls (``gap`` seconds of unmeasured pause before each)."""
     for _ in range(2):
         await one()
     times: list[float] = []
     for _ in range(calls):
+        if gap:
+            await asyncio.sleep(gap)
         started = time.perf_counter()
         await one()
         times.append((time.perf_counter() - started) * 1000)
@@ -79,6 +84,7 @@ async def docker_rows(calls: int, url: str, rows: dict[str, dict[str, float]]) -
         rows["docker cold"] = await measure(calls, lambda: run(cold))
         await sandbox.warm_up(warm1, TENANT)
         rows["docker warm pool of 1"] = await measure(calls, lambda: run(warm1))
+        rows["docker warm pool of 1, 50 ms apart"] = await measure(calls, lambda: run(warm1), gap=0.05)
         await sandbox.warm_up(warm, TENANT)  # the same pool, grown to 4
         rows["docker warm pool"] = await measure(calls, lambda: run(warm))
 
@@ -148,11 +154,10 @@ async def main() -> int:
     else:
         skipped["bubblewrap"] = problem
     await host_row(args.calls, rows)
-    ratio = None
-    if "docker cold" in rows and "docker warm pool" in rows:
-        ratio = rows["docker cold"]["p50"] / rows["docker warm pool"]["p50"]
+    ratios = {name: rows["docker cold"]["p50"] / row["p50"] for name, row in rows.items()
+              if name.startswith("docker warm") and "docker cold" in rows}  # fmt: skip
     if args.json:
-        print(json.dumps({"rows": rows, "skipped": skipped, "cold_over_warm_p50": ratio, "cpus": os.cpu_count(),
+        print(json.dumps({"rows": rows, "skipped": skipped, "cold_over_warm_p50": ratios, "cpus": os.cpu_count(),
                           "machine": platform.platform()}, indent=2))  # fmt: skip
         return 0
     print(f"tool sandbox, {args.calls} sequential calls each, {os.cpu_count()} cpus, {platform.platform()}")
@@ -161,8 +166,8 @@ async def main() -> int:
         print(f"{name:40} {row['p50']:9.1f} {row['p95']:9.1f}")
     for name, reason in skipped.items():
         print(f"{name:40} skipped: {reason}")
-    if ratio is not None:
-        print(f"warm pool is {ratio:.1f}x faster than a cold container (p50)")
+    for name, ratio in ratios.items():
+        print(f"{name}: {ratio:.1f}x faster than a cold container (p50)")
     return 0
 
 
