@@ -89,8 +89,8 @@ async def docker_rows(calls: int, url: str, rows: dict[str, dict[str, float]]) -
         rows["docker warm pool"] = await measure(calls, lambda: run(warm))
 
         docker = sandbox._client()
-        holder_config = {"Image": built.image, "Entrypoint": ["/bin/sleep"], "Cmd": ["600"], "User": "65534:65534",
-                         "HostConfig": {"NetworkMode": "none"}}  # fmt: skip
+        holder_config: dict[str, Any] = {"Image": built.image, "Entrypoint": ["/bin/sleep"], "Cmd": ["600"],
+                                         "User": "65534:65534", "HostConfig": {"NetworkMode": "none"}}  # fmt: skip
         holder = await docker.containers.create(holder_config)
         await holder.start()
         data = json.dumps(PAYLOAD).encode()
