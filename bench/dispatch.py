@@ -329,6 +329,7 @@ async def measure_real(count: int, redis_url: str) -> dict[str, float]:
     url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
     queue_name = f"bench-dispatch:real:{uuid.uuid4().hex[:8]}"
     workers: list[asyncio.subprocess.Process] = []
+    executed: list[str] = []
     queue = ArqJobQueue(redis_url, queue_name=queue_name)
     database = None
     try:
@@ -355,6 +356,13 @@ async def measure_real(count: int, redis_url: str) -> dict[str, float]:
             workers.append(await asyncio.create_subprocess_exec(crewflow, "worker", "--concurrency", "4", env=env,
                                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         await queue.start()
+        from crewflow.entrypoints.worker import check_workers
+
+        deadline = time.monotonic() + 60
+        while len(await check_workers(redis_url, queue_name, max_age=10)) < len(workers):  # both up
+            if time.monotonic() > deadline:
+                raise TimeoutError("the crewflow workers did not start within 60 s")
+            await asyncio.sleep(0.1)
         logstore = SqlLogStore(database)
         node_ms: list[float] = []
         end_ms: list[float] = []
@@ -362,6 +370,7 @@ async def measure_real(count: int, redis_url: str) -> dict[str, float]:
             enqueued = time.time()
             accepted = await execute_flow(ExecuteFlow(tenant_id, "one"), uow_factory=uow_factory, queue=queue,
                                           clock=clock, ids=ids)  # fmt: skip
+            executed.append(accepted.execution_id)
             deadline = time.monotonic() + 60
             while True:
                 events = await logstore.for_tenant(tenant_id).events_after(accepted.execution_id, 0, 100)
@@ -377,14 +386,22 @@ async def measure_real(count: int, redis_url: str) -> dict[str, float]:
         return {"node_p50": percentile(node_ms, 0.5), "node_p95": percentile(node_ms, 0.95),
                 "end_p50": percentile(end_ms, 0.5), "end_p95": percentile(end_ms, 0.95)}  # fmt: skip
     finally:
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(redis_url)
+        for _ in range(100):  # a job's bookkeeping ends just after its run: let the last ones finish first
+            if not await client.zcard(queue_name):
+                break
+            await asyncio.sleep(0.05)
         await stop_all(workers)
         await queue.close()
         if database is not None:
             await database.dispose()
-        import redis.asyncio as aioredis
+        from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
-        client = aioredis.Redis.from_url(redis_url)
         keys = [key async for key in client.scan_iter(match=f"{queue_name}*")]
+        keys += [f"{prefix}{job_id}" for job_id in executed
+                 for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)]  # fmt: skip
         if keys:
             await client.delete(*keys)
         await client.aclose()

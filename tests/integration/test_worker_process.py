@@ -341,10 +341,11 @@ async def test_the_worker_crons_run_against_the_stack(stack: Stack) -> None:
     container = await build_worker_container(Settings.from_env(stack.env))
     try:
         assert tenant in await tenant_ids(container)
-        jobs = cron_jobs(container)
-        assert sorted(job.name for job in jobs) == ["crewflow.watchdog.purge_expired",
-                                                    "crewflow.watchdog.recover_expired",
-                                                    "crewflow.webhooks.deliver_due"]  # fmt: skip
+        jobs = cron_jobs(container, stack.queue)
+        # named after the queue: deployments sharing a Redis each run every occurrence
+        assert sorted(job.name for job in jobs) == [f"{stack.queue}:crewflow.watchdog.purge_expired",
+                                                    f"{stack.queue}:crewflow.watchdog.recover_expired",
+                                                    f"{stack.queue}:crewflow.webhooks.deliver_due"]  # fmt: skip
         for job in jobs:
             await job.coroutine({})
     finally:

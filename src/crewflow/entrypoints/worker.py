@@ -94,9 +94,10 @@ async def tenant_ids(container: WorkerContainer) -> list[str]:
         cursor = page.next_cursor
 
 
-def cron_jobs(container: WorkerContainer) -> list[CronJob]:
+def cron_jobs(container: WorkerContainer, queue: str | None = None) -> list[CronJob]:
     """Housekeeping every worker schedules; arq runs each occurrence once across all workers (the job id
-    names the occurrence). ``recover_expired`` every 30 s re-enqueues executions whose worker died (or
+    names the occurrence; the queue name is part of it, so deployments sharing a Redis do not skip each
+    other's occurrences). ``recover_expired`` every 30 s re-enqueues executions whose worker died (or
     ends them ``failed`` after too many recoveries); ``purge_expired`` hourly deletes what is older than
     ``CREWFLOW_RETENTION_DAYS`` (default 30); ``deliver_due`` every 30 s retries flow webhooks whose next
     attempt is due (also those a stopped process left pending)."""
@@ -104,9 +105,11 @@ def cron_jobs(container: WorkerContainer) -> list[CronJob]:
 
     from crewflow.application.watchdog import purge_expired, recover_expired, retention_days_from
     from crewflow.application.webhooks import deliver_due
+    from crewflow.bootstrap import queue_name
 
     core = container.core
     retention = retention_days_from(core.settings.extra)
+    queue = queue or queue_name(core.settings)  # the worker's queue (default: CREWFLOW_QUEUE)
 
     async def recover(ctx: dict[str, Any]) -> None:
         report = await recover_expired(await tenant_ids(container), uow_factory=core.uow_factory,
@@ -124,11 +127,11 @@ def cron_jobs(container: WorkerContainer) -> list[CronJob]:
         await deliver_due(core.webhooks, await tenant_ids(container))
 
     return [
-        cron(recover, name="crewflow.watchdog.recover_expired", second={0, 30}, unique=True, timeout=300,
+        cron(recover, name=f"{queue}:crewflow.watchdog.recover_expired", second={0, 30}, unique=True, timeout=300,
              max_tries=1),
-        cron(purge, name="crewflow.watchdog.purge_expired", minute=17, second=0, unique=True, timeout=3600,
+        cron(purge, name=f"{queue}:crewflow.watchdog.purge_expired", minute=17, second=0, unique=True, timeout=3600,
              max_tries=1),
-        cron(webhooks, name="crewflow.webhooks.deliver_due", second={15, 45}, unique=True, timeout=300,
+        cron(webhooks, name=f"{queue}:crewflow.webhooks.deliver_due", second={15, 45}, unique=True, timeout=300,
              max_tries=1),
     ]
 
@@ -157,7 +160,7 @@ async def run_worker(settings: Settings, options: WorkerOptions, *, runtime: Age
             concurrency=options.concurrency,
             worker_id=container.worker_id,
             burst=options.burst,
-            cron_jobs=cron_jobs(container),
+            cron_jobs=cron_jobs(container, options.queue),
             poll_delay=options.poll_delay,
             lease=options.lease,
             heartbeat=options.heartbeat,
