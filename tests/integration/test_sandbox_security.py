@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -50,7 +51,7 @@ async def probe(request: pytest.FixtureRequest) -> AsyncIterator[Probe]:
     finally:
         await sandbox.close()
     assert await Probe(request.param, sandbox, tenant_id, image, url, metrics).leftovers() == []
-    assert metrics.gauge("docker_containers_active") == 0
+    assert metrics.gauge("docker_containers_active") in (None, 0)  # None: no container was ever started
 
 
 async def _still_works(probe: Probe) -> None:
@@ -98,8 +99,10 @@ async def test_a_fork_bomb_is_contained_and_the_call_fails_cleanly(probe: Probe)
     with pytest.raises(NodeExecutionError) as failed:
         await probe.run(bomb, ToolLimits(timeout=8, pids=32))
     assert not failed.value.retryable
+    # the tool's processes fail to fork and exit (their tracebacks interleave, so the last stderr line varies),
+    # or spin until the timeout; either way the call ends with the tool's own, non-retryable failure
     message = str(failed.value)
-    assert "Resource temporarily unavailable" in message or "timed out" in message or "killed" in message, message
+    assert re.match(r"tool probe (exited with status [1-9]|timed out after 8s|was killed)", message), message
     assert await probe.leftovers() == []
     await _still_works(probe)
 
@@ -238,3 +241,21 @@ print(json.dumps({"tmp": os.listdir("/tmp"), "sleepers": [p for p in procs if "t
 """
     seen = (await probe.run(look)).output
     assert seen == {"tmp": [], "sleepers": []}
+
+
+async def test_the_warm_supervisor_and_bubblewraps_init_cannot_be_inspected(probe: Probe) -> None:
+    if probe.kind == "docker":
+        pytest.skip("in a one-shot container PID 1 is the tool itself")
+    code = """import os
+seen = {}
+for path in ("/proc/1/mem", "/proc/1/environ", "/proc/1/fd/0"):
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+        seen[path] = "read"
+    except OSError as exc:
+        seen[path] = type(exc).__name__
+print(json.dumps(seen))
+"""
+    seen = (await probe.run(code)).output
+    assert all(result != "read" for result in seen.values()), seen
