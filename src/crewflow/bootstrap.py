@@ -5,6 +5,7 @@ checks the wiring, and nothing heavy is imported until the function that needs i
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from crewflow.ports.clock import Clock, IdGenerator
 from crewflow.ports.llm import LLMGateway, ProviderConfig
 from crewflow.ports.logstore import LogStore
 from crewflow.ports.queue import JobQueue
-from crewflow.ports.runtime import AgentRuntime, ToolSandbox
+from crewflow.ports.runtime import AgentRuntime, ToolBuilder, ToolSandbox
 from crewflow.ports.secrets import SecretCipher
 from crewflow.ports.uow import UnitOfWorkFactory
 from crewflow.settings import Settings
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from crewflow.application.chats import ChatService
     from crewflow.application.executions import ExecutionRecorder, ExecutionRunner
     from crewflow.application.providers import RepositoryProviderRegistry
+    from crewflow.application.tools import ToolService
     from crewflow.application.webhooks import WebhookDispatcher
     from crewflow.ports.events import EventSink
     from crewflow.ports.metrics import Metrics
@@ -153,6 +155,7 @@ class ApiContainer:
     # For WebSocket replays (``watch_execution``) only: with Redis, recent events come from the bus' streams
     # (ADR 0015); paged log reads and ``last_stored_seq`` must keep using ``logstore`` (the durable store).
     watch_logstore: LogStore | None = None
+    tool_service: ToolService | None = None  # tool builds (queued) and test runs in the sandbox
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
@@ -220,6 +223,8 @@ class Core:
     metrics: PrometheusMetrics  # this process's metrics (the API's /metrics, a worker's CREWFLOW_METRICS_PORT)
     webhooks: WebhookDispatcher  # flow webhooks: the recorder's sink schedules, a worker cron retries
     redis: RedisAdapters | None = None  # with ``CREWFLOW_REDIS_URL``: the bus, cache, limits, sessions on Redis
+    tool_sandbox: ToolSandbox | None = None  # runs tool nodes, agents' tools and test runs (ADR 0014)
+    tool_builder: ToolBuilder | None = None  # builds tool images; None where no Docker engine answers
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
@@ -239,6 +244,7 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
     from crewflow.adapters.llm import build_provider
     from crewflow.adapters.metrics.events import count_runs
     from crewflow.adapters.metrics.prometheus import PrometheusMetrics
+    from crewflow.adapters.sandbox import open_builder, open_sandbox
     from crewflow.adapters.sql import PostgresDatabase, SqlUnitOfWorkFactory, open_database
     from crewflow.adapters.sql.catalog_budget import limit_tenants_per_connection
     from crewflow.adapters.sql.checkpoints import CheckpointSink
@@ -293,8 +299,13 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
 
         bus, cache = MemoryEventBus(), MemoryCache()
     metrics = PrometheusMetrics()
+    # Tools run only sandboxed: Docker (image tools, warm pools) or bubblewrap (script tools) where present;
+    # a tool no backend here can run fails with a clear error (ADR 0014). Probing takes a few ms.
+    tool_sandbox, tool_builder = await asyncio.gather(asyncio.to_thread(open_sandbox, settings.extra, metrics),
+                                                      asyncio.to_thread(open_builder, settings.extra, metrics))
     # non-scripted agents run on CrewAI over the failover gateway with each tenant's providers
-    engine = build_engine(settings, runtime=runtime, gateway=Gateway(provider_registry, cache=cache, metrics=metrics))
+    engine = build_engine(settings, runtime=runtime, gateway=Gateway(provider_registry, cache=cache, metrics=metrics),
+                          tools=tool_sandbox)  # fmt: skip
     instrument_engine(engine, metrics)  # node spans, node metrics, node_id in the log context (ADR 0013)
     transport = AiohttpWebhookTransport(allow_private=allow_private_from(settings.extra))
     webhooks = WebhookDispatcher(uow_factory, cipher, transport, clock)
@@ -308,8 +319,11 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
     )
     core = Core(settings=settings, clock=clock, uow_factory=uow_factory, database_url=url, logstore=logstore,
                 cipher=cipher, engine=engine, provider_registry=provider_registry, bus=bus,
-                recorder=recorder, metrics=metrics, webhooks=webhooks, redis=redis)  # fmt: skip
-    core.closers.extend([database.dispose, provider_registry.close])
+                recorder=recorder, metrics=metrics, webhooks=webhooks, redis=redis, tool_sandbox=tool_sandbox,
+                tool_builder=tool_builder)  # fmt: skip
+    core.closers.extend([database.dispose, provider_registry.close, tool_sandbox.close])
+    if tool_builder is not None:
+        core.closers.append(tool_builder.close)
     if not events_with_checkpoints:
         core.closers.append(logstore.close)
     if redis is not None:
@@ -397,9 +411,12 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     from crewflow.adapters.telemetry import bind_job_context
     from crewflow.application.chats import ChatService
     from crewflow.application.executions import ExecutionRunner
+    from crewflow.application.tools import ToolService
 
     settings = settings or Settings.from_env()
     core = await build_core(settings, runtime=runtime)
+    tool_service = ToolService(core.uow_factory, core.clock, UuidGenerator(), builder=core.tool_builder,
+                               sandbox=core.tool_sandbox)  # fmt: skip
     # Keep a few spare schemas at the current revision so registering a tenant is a rename (~ms) rather than
     # DDL (~150 ms here); SQLite has no schemas to keep.
     spares = 0 if core.database_url.startswith("sqlite") else settings.spare_schemas
@@ -410,10 +427,15 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
     if settings.redis_url:
         from crewflow.adapters.arq.queue import ArqJobQueue
 
-        queue = ArqJobQueue(settings.redis_url, queue_name=queue_name(settings))
+        arq_queue = ArqJobQueue(settings.redis_url, queue_name=queue_name(settings))
+        tool_service.builds = arq_queue  # workers build (where their Docker engine is)
+        queue = arq_queue
     else:
         runner = ExecutionRunner(core.uow_factory, core.engine, core.recorder)
-        queue = InProcessJobQueue(runner, concurrency=worker_concurrency(settings))
+        in_process = InProcessJobQueue(runner, concurrency=worker_concurrency(settings),
+                                       build_handler=tool_service.run_build)  # fmt: skip
+        tool_service.builds = in_process
+        queue = in_process
     container = ApiContainer(
         settings=settings,
         clock=core.clock,
@@ -435,6 +457,7 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
         sessions=core.redis.sessions if core.redis else MemorySessionStore(),
         metrics=core.metrics,
         watch_logstore=core.redis.replay_first(core.logstore) if core.redis else None,
+        tool_service=tool_service,
     )
     # the in-process queue's handler in the job's log context and span; enqueued jobs carry the trace
     if isinstance(queue, InProcessJobQueue):
@@ -458,6 +481,7 @@ class WorkerContainer:
     worker_id: str
     runner: ExecutionRunner  # the job handler, the same one the in-process queue calls
     queue: ArqJobQueue
+    tool_service: ToolService  # its ``run_build`` is the handler of tool build jobs
 
     @property
     def settings(self) -> Settings:
@@ -485,4 +509,9 @@ async def build_worker_container(settings: Settings | None = None, *, runtime: A
     # nothing then and releases the lease, so the next holder resumes from the checkpoints at once.
     runner = ExecutionRunner(core.uow_factory, core.engine, core.recorder, worker_id=worker_id,
                              lease_seconds=lease_seconds(settings), resume_on_shutdown=True)  # fmt: skip
-    return WorkerContainer(core, worker_id, runner, ArqJobQueue(settings.redis_url, queue_name=queue_name(settings)))
+    from crewflow.application.tools import ToolService
+
+    queue = ArqJobQueue(settings.redis_url, queue_name=queue_name(settings))
+    tools = ToolService(core.uow_factory, core.clock, UuidGenerator(), builds=queue, builder=core.tool_builder,
+                        sandbox=core.tool_sandbox)  # fmt: skip
+    return WorkerContainer(core, worker_id, runner, queue, tools)

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from crewflow.adapters.arq.queue import ArqJobQueue, QueueKeys, job_from_payload, job_payload
 from crewflow.adapters.arq.worker import CrewflowWorker
 from crewflow.entrypoints.worker import check_workers
-from crewflow.ports.queue import RunExecution
+from crewflow.ports.queue import BuildTool, RunExecution
 
 pytestmark = pytest.mark.integration
 
@@ -388,3 +388,28 @@ async def test_with_a_grace_period_a_stopping_worker_lets_its_job_finish(
     handler.free(job.execution_id)  # it ends within the grace period: not interrupted, not queued again
     await handler.wait_ended(job.execution_id)
     assert handler.calls == [(job.execution_id, "released")]
+
+
+# -- tool builds ----------------------------------------------------------------------------------------------
+async def test_a_tool_build_job_reaches_the_workers_build_handler_once(
+    queue: ArqJobQueue, start_worker: WorkerFactory, redis_client: aioredis.Redis, queue_name: str
+) -> None:
+    builds: list[BuildTool] = []
+    built = asyncio.Event()
+
+    async def build(job: BuildTool) -> None:
+        builds.append(job)
+        built.set()
+
+    job = BuildTool("t1", f"wordcount-{uuid.uuid4().hex[:6]}", 3, "req-9", {"traceparent": "00-abc"})
+    try:
+        await queue.enqueue_build(job)
+        await queue.enqueue_build(job)  # the same version while it is queued: no second build
+        await start_worker(Recorder(), build_handler=build)
+        await asyncio.wait_for(built.wait(), 10)
+        await asyncio.sleep(0.2)  # a duplicate would have started by now
+        assert builds == [job]
+    finally:
+        keys = QueueKeys(queue_name)
+        await redis_client.delete(keys.job(job.job_id), keys.result(job.job_id), keys.in_progress(job.job_id),
+                                  keys.retry(job.job_id))  # fmt: skip

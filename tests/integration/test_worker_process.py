@@ -336,16 +336,20 @@ async def test_worker_check_exit_codes(stack: Stack) -> None:
 
 async def test_the_worker_crons_run_against_the_stack(stack: Stack) -> None:
     """Each cron job a worker schedules runs once, directly: the watchdog, retention and webhook passes over
-    every tenant of the stack's database (nothing to recover, purge or deliver in a fresh one)."""
+    every tenant of the stack's database (nothing to recover, purge or deliver in a fresh one) and the
+    sandbox's orphan reaper."""
     tenant, _ = await make_user(stack.container)
     container = await build_worker_container(Settings.from_env(stack.env))
     try:
         assert tenant in await tenant_ids(container)
         jobs = cron_jobs(container, stack.queue)
         # named after the queue: deployments sharing a Redis each run every occurrence
-        assert sorted(job.name for job in jobs) == [f"{stack.queue}:crewflow.watchdog.purge_expired",
-                                                    f"{stack.queue}:crewflow.watchdog.recover_expired",
-                                                    f"{stack.queue}:crewflow.webhooks.deliver_due"]  # fmt: skip
+        assert sorted(job.name for job in jobs) == [
+            f"{stack.queue}:crewflow.sandbox.reap_orphans:{container.worker_id}",  # every worker: its host's
+            f"{stack.queue}:crewflow.watchdog.purge_expired",
+            f"{stack.queue}:crewflow.watchdog.recover_expired",
+            f"{stack.queue}:crewflow.webhooks.deliver_due",
+        ]
         for job in jobs:
             await job.coroutine({})
     finally:

@@ -100,9 +100,11 @@ def cron_jobs(container: WorkerContainer, queue: str | None = None) -> list[Cron
     other's occurrences). ``recover_expired`` every 30 s re-enqueues executions whose worker died (or
     ends them ``failed`` after too many recoveries); ``purge_expired`` hourly deletes what is older than
     ``CREWFLOW_RETENTION_DAYS`` (default 30); ``deliver_due`` every 30 s retries flow webhooks whose next
-    attempt is due (also those a stopped process left pending)."""
+    attempt is due (also those a stopped process left pending); every 5 minutes each worker removes tool
+    containers its host's dead processes left behind (ADR 0014)."""
     from arq.cron import cron
 
+    from crewflow.adapters.sandbox import reap_orphans
     from crewflow.application.watchdog import purge_expired, recover_expired, retention_days_from
     from crewflow.application.webhooks import deliver_due
     from crewflow.bootstrap import queue_name
@@ -126,6 +128,11 @@ def cron_jobs(container: WorkerContainer, queue: str | None = None) -> list[Cron
     async def webhooks(ctx: dict[str, Any]) -> None:
         await deliver_due(core.webhooks, await tenant_ids(container))
 
+    async def reap(ctx: dict[str, Any]) -> None:
+        removed = await reap_orphans(core.settings.extra)
+        if removed:
+            log.info("sandbox.reaped", containers=removed)
+
     return [
         cron(recover, name=f"{queue}:crewflow.watchdog.recover_expired", second={0, 30}, unique=True, timeout=300,
              max_tries=1),
@@ -133,6 +140,9 @@ def cron_jobs(container: WorkerContainer, queue: str | None = None) -> list[Cron
              max_tries=1),
         cron(webhooks, name=f"{queue}:crewflow.webhooks.deliver_due", second={15, 45}, unique=True, timeout=300,
              max_tries=1),
+        # every worker, not once per deployment: a container's owner is a process on the reaping host
+        cron(reap, name=f"{queue}:crewflow.sandbox.reap_orphans:{container.worker_id}", minute=set(range(0, 60, 5)),
+             second=40, unique=False, timeout=120, max_tries=1),
     ]
 
 
@@ -166,6 +176,7 @@ async def run_worker(settings: Settings, options: WorkerOptions, *, runtime: Age
             heartbeat=options.heartbeat,
             grace=options.grace,
             ctx={"container": container},
+            build_handler=container.tool_service.run_build,
         )
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT)

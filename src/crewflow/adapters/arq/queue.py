@@ -35,9 +35,10 @@ import redis.asyncio as aioredis
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import serialize_job
 
-from crewflow.ports.queue import RunExecution
+from crewflow.ports.queue import BuildTool, RunExecution
 
 __all__ = [
+    "BUILD_TOOL",
     "DEFAULT_QUEUE",
     "RUN_EXECUTION",
     "ArqJobQueue",
@@ -50,6 +51,7 @@ __all__ = [
 
 DEFAULT_QUEUE = "crewflow:queue"
 RUN_EXECUTION = "crewflow.run_execution"  # the arq function name of a RunExecution job
+BUILD_TOOL = "crewflow.build_tool"  # … and of a BuildTool job (a tool image build)
 CANCEL_TTL_MS = 3_600_000  # a cancel request outlives any race between a claim and the canceller's check
 WAKE_TOKENS = 16  # at most this many wake-up tokens wait on the list (each wakes one idle worker)
 JOB_EXPIRES_MS = 86_400_000  # a job not started within a day expires (arq's default)
@@ -134,6 +136,14 @@ def job_from_payload(payload: Mapping[str, Any]) -> RunExecution:
     return RunExecution(**{k: v for k, v in payload.items() if k in _FIELDS})
 
 
+_BUILD_FIELDS = frozenset(f.name for f in dataclasses.fields(BuildTool))
+
+
+def build_from_payload(payload: Mapping[str, Any]) -> BuildTool:
+    """A ``BuildTool`` job from its plain data, ignoring unknown keys (a newer producer)."""
+    return BuildTool(**{k: v for k, v in payload.items() if k in _BUILD_FIELDS})
+
+
 # -- scripts ------------------------------------------------------------------------------------------------
 # KEYS: job, result, queue, wake; ARGV: job id, serialized job, expires ms, score, wake-token cap
 _ENQUEUE = """
@@ -203,6 +213,16 @@ class ArqJobQueue:
         keys = [self.keys.job(job_id), self.keys.result(job_id), self.keys.queue, self.keys.wake]
         added = await self._enqueue(keys=keys, args=[job_id, data, JOB_EXPIRES_MS, now_ms, WAKE_TOKENS])
         return bool(added)
+
+    async def enqueue_build(self, job: BuildTool) -> None:
+        """Queue a tool build for the workers (``ToolBuildQueue``). Its job id names tenant, tool and version,
+        so asking again while that build is queued or running adds nothing."""
+        await self._client()
+        job_id = job.job_id
+        now_ms = int(time.time() * 1000)
+        data = serialize_job(BUILD_TOOL, (dataclasses.asdict(job),), {}, None, now_ms, serializer=job_serializer)
+        keys = [self.keys.job(job_id), self.keys.result(job_id), self.keys.queue, self.keys.wake]
+        await self._enqueue(keys=keys, args=[job_id, data, JOB_EXPIRES_MS, now_ms, WAKE_TOKENS])
 
     async def cancel(self, tenant_id: str, execution_id: str) -> bool:
         """True when a worker holds the execution (it stops the run and records the cancellation)."""

@@ -49,19 +49,22 @@ from arq.worker import Worker, func
 from redis.exceptions import RedisError
 
 from crewflow.adapters.arq.queue import (
+    BUILD_TOOL,
     DEFAULT_QUEUE,
     RUN_EXECUTION,
     WAKE_TOKENS,
     QueueKeys,
+    build_from_payload,
     job_deserializer,
     job_from_payload,
     job_serializer,
 )
-from crewflow.ports.queue import RunExecution
+from crewflow.ports.queue import BuildTool, RunExecution
 
-__all__ = ["CrewflowWorker", "JobHandler", "new_worker_id"]
+__all__ = ["BuildHandler", "CrewflowWorker", "JobHandler", "new_worker_id"]
 
 JobHandler = Callable[[RunExecution, asyncio.Event], Awaitable[None]]
+BuildHandler = Callable[[BuildTool], Awaitable[None]]
 log = structlog.get_logger("crewflow.worker")
 
 # Claims up to ARGV[4] of the job ids ARGV[8..] in one round trip: for each, arq's checks (not in progress, still
@@ -149,6 +152,7 @@ class CrewflowWorker(Worker):
         max_tries: int = 10,
         grace: float = 0.0,
         ctx: dict[str, Any] | None = None,
+        build_handler: BuildHandler | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -162,8 +166,12 @@ class CrewflowWorker(Worker):
         self.lease_s = lease
         self.heartbeat_s = heartbeat
         self.grace_s = grace
+        self.build_handler = build_handler
+        functions = [func(self._run_execution, name=RUN_EXECUTION, keep_result=0)]
+        if build_handler is not None:  # a tool build failing is recorded on the tool; never retried blindly
+            functions.append(func(self._build_tool, name=BUILD_TOOL, keep_result=0, max_tries=1))
         super().__init__(
-            [func(self._run_execution, name=RUN_EXECUTION, keep_result=0)],
+            functions,
             queue_name=queue_name,
             cron_jobs=cron_jobs,
             redis_settings=RedisSettings.from_dsn(redis_url),
@@ -401,6 +409,10 @@ class CrewflowWorker(Worker):
             if await self.pool.exists(self.keys.cancel(job.execution_id)):
                 cancel.set()
         await self.handler(job, cancel)
+
+    async def _build_tool(self, ctx: dict[str, Any], payload: dict[str, Any]) -> None:
+        assert self.build_handler is not None
+        await self.build_handler(build_from_payload(payload))
 
     # -- background tasks -------------------------------------------------------------------------------
     async def _pass_wake_token(self) -> None:

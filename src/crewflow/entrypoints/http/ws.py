@@ -149,8 +149,9 @@ async def execution_events(
         with contextlib.suppress(WebSocketDisconnect):
             await socket.close(code=1000, reason="execution finished")
         return
-    events = watch_execution(identity.tenant_id, execution_id, last_seq, logstore=container.logstore,
-                             bus=container.bus)  # fmt: skip
+    # replays come from the bus' recent-event streams when it keeps them (Redis), else the durable log
+    events = watch_execution(identity.tenant_id, execution_id, last_seq,
+                             logstore=container.watch_logstore or container.logstore, bus=container.bus)  # fmt: skip
     try:
         await send_websocket_stream(socket, events, close=False, send_handler=_send_event,
                                     listen_for_disconnect=True, warn_on_data_discard=False)  # fmt: skip
