@@ -172,9 +172,7 @@ class Cluster:
         return env
 
     def start_worker(self, slot: int) -> subprocess.Popen[bytes]:
-        command = [sys.executable, str(Path(__file__).resolve()), "worker-process"]
-        if self.config.llm_url:
-            command.append("--preload-crewai")
+        command = [str(Path(sys.executable).parent / "crewflow"), "worker", "--queue", self.config.queue]
         log = (self.log_dir / f"worker-{slot}.log").open("ab")
         proc = subprocess.Popen(command, env=self.worker_env(), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # fmt: skip
@@ -426,51 +424,7 @@ def report(result: ChaosResult, config: ClusterConfig) -> str:
     ])  # fmt: skip
 
 
-# -- one worker process ------------------------------------------------------------------------------------
-async def worker_process(preload_crewai: bool) -> None:
-    """``crewflow worker`` as ``entrypoints.worker.run_worker`` runs it, from the same environment, except
-    that the job handler's execution lease is ``CREWFLOW_WORKER_LEASE`` with the worker's id, and a shutdown
-    leaves runs resumable: the composition root does not pass these to ``ExecutionRunner`` yet (it then uses
-    30 s and an id of its own, which would make every recovery here wait 30 s). Once
-    ``build_worker_container`` passes them, nothing is replaced."""
-    from crewflow.adapters.arq.worker import CrewflowWorker
-    from crewflow.application.executions import ExecutionRunner
-    from crewflow.bootstrap import build_worker_container
-    from crewflow.entrypoints.worker import WorkerOptions, cron_jobs
-    from crewflow.settings import Settings
-
-    if preload_crewai:  # import CrewAI now, not on the first agent run (a resumed run would wait for it)
-        import crewflow.adapters.crewai.runtime  # noqa: F401
-
-    settings = Settings.from_env()
-    options = WorkerOptions.from_settings(settings)
-    container = await build_worker_container(settings)
-    runner = container.runner
-    wired = (runner.lease_seconds, runner.worker_id, runner.resume_on_shutdown)
-    if wired != (options.lease, container.worker_id, True):
-        runner = ExecutionRunner(runner.uow_factory, runner.engine, runner.recorder, worker_id=container.worker_id,
-                                 lease_seconds=options.lease, resume_on_shutdown=True)  # fmt: skip
-        container.runner = runner
-    assert settings.redis_url
-    try:
-        worker = CrewflowWorker(runner, redis_url=settings.redis_url, queue_name=options.queue,
-                                concurrency=options.concurrency, worker_id=container.worker_id,
-                                cron_jobs=cron_jobs(container), poll_delay=options.poll_delay, lease=options.lease,
-                                heartbeat=options.heartbeat, grace=options.grace,
-                                ctx={"container": container})  # fmt: skip
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, worker.stop)
-        await worker.serve()
-    finally:
-        await container.aclose()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["worker-process"]:
-        asyncio.run(worker_process("--preload-crewai" in argv))
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--workers", type=int, default=3)

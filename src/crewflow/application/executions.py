@@ -288,10 +288,12 @@ class ExecutionRunner:
 
     Before anything else it claims the execution's lease for ``worker_id`` (``lease_seconds`` long): a job
     for an execution that is finished, missing, or whose live lease another worker holds is dropped (that
-    worker runs it). The lease is renewed in the background every ``lease_seconds / 3`` and released at
-    the end; when it is lost (another worker took the execution over after it expired) the run is
-    interrupted and writes nothing more. A new holder resumes from the checkpoints: completed nodes never
-    run again, a node that was in flight runs again with the same idempotency key (ADR 0012).
+    worker runs it) — when that lease runs out within one lease, the runner first watches whether its holder
+    renews it, and takes the execution over if not (the queue's retry after the holder died). The lease is
+    renewed in the background every ``lease_seconds / 3`` and released at the end; when it is lost (another
+    worker took the execution over after it expired) the run is interrupted and writes nothing more. A new
+    holder resumes from the checkpoints: completed nodes never run again, a node that was in flight runs
+    again with the same idempotency key (ADR 0012).
 
     The engine runs with the recorder's sinks, so node checkpoints, the replay log and the live bus receive
     every event in order. When ``cancel`` is set the run stops (running nodes are interrupted) and ends
