@@ -103,3 +103,20 @@ async def test_a_flow_fails_over_from_a_rate_limited_primary_and_shows_attempts_
     assert primary_calls >= 1 and secondary_calls >= 1
     for text in (out, err):
         assert secret_primary not in text and secret_secondary not in text
+
+
+async def test_a_flow_file_with_a_script_tool_runs_its_tool_in_the_sandbox() -> None:
+    """`crewflow run` opens this machine's sandbox for a flow with tool nodes: the script tool counts the
+    words its upstream (offline) agent wrote."""
+    import shutil
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (make test installs it as root)")
+    code, out, err = await crewflow("run", "examples/wordcount_tool.yaml", "--json", "-i", "topic=windmills",
+                                    env={"CREWFLOW_SANDBOX_BACKENDS": "bubblewrap"})  # fmt: skip
+    assert code == 0, err
+    nodes = json.loads(out)["nodes"]
+    written = nodes["write"]["output"]
+    assert "windmills" in written
+    assert nodes["count"]["status"] == "completed"
+    assert nodes["count"]["output"] == {"words": len(written.split())}

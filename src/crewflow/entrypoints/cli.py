@@ -137,7 +137,11 @@ async def _execute(flow: Flow, graph: Any, inputs: Mapping[str, Any], args: argp
                    progress: _Progress) -> Any:  # fmt: skip
     """Run in-process. With a providers file, non-scripted agents run on CrewAI over the failover gateway;
     with a database URL the run is recorded (execution, node checkpoints, events) in the tenant's store."""
+    from contextlib import nullcontext
+
     from crewflow.bootstrap import LocalLLM, build_engine, build_local_llm
+    from crewflow.domain.flow import NodeKind
+    from crewflow.entrypoints.cli_tools import open_local_tools
     from crewflow.entrypoints.providers_file import load_providers_file
     from crewflow.settings import Settings
 
@@ -149,13 +153,17 @@ async def _execute(flow: Flow, graph: Any, inputs: Mapping[str, Any], args: argp
     if providers_path:
         providers = load_providers_file(providers_path)
         llm = build_local_llm(tenant, providers.providers, providers.budget)
+    # Tools run only sandboxed: open this machine's sandbox when the flow has tool nodes or agents with tools.
+    needs_tools = any(n.kind == NodeKind.TOOL for n in flow.nodes) or any(a.tools for a in flow.agents.values())
     try:
-        engine = build_engine(settings, gateway=llm.gateway if llm else None)
-        options: dict[str, Any] = {"graph": graph, "listeners": (progress.on_event,),
-                                   "max_parallel": args.max_parallel, "timeout": args.timeout}  # fmt: skip
-        if not database_url:
-            return await engine.run(flow, inputs, tenant_id=tenant, **options)
-        return await _execute_recorded(engine, database_url, tenant, flow, inputs, options)
+        async with open_local_tools(settings.extra) if needs_tools else nullcontext(None) as local:
+            engine = build_engine(settings, gateway=llm.gateway if llm else None,
+                                  tools=local.sandbox if local is not None else None)  # fmt: skip
+            options: dict[str, Any] = {"graph": graph, "listeners": (progress.on_event,),
+                                       "max_parallel": args.max_parallel, "timeout": args.timeout}  # fmt: skip
+            if not database_url:
+                return await engine.run(flow, inputs, tenant_id=tenant, **options)
+            return await _execute_recorded(engine, database_url, tenant, flow, inputs, options)
     finally:
         if llm is not None:
             await llm.aclose()

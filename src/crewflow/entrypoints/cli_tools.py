@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,43 +61,29 @@ class ToolDir:
 
 @dataclass
 class LocalTools:
-    """The sandbox and image builder of this machine (``None``: not available here) and how to release them."""
+    """The sandbox and image builder of this machine (``builder`` None: no Docker engine answers here)."""
 
-    sandbox: ToolSandbox | None
+    sandbox: ToolSandbox
     builder: ToolBuilder | None
-    closers: list[Callable[[], Any]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
-            result = close()
-            if asyncio.iscoroutine(result):
-                await result
+            await close()
 
 
 @asynccontextmanager
 async def open_local_tools(extra: Mapping[str, str]) -> AsyncIterator[LocalTools]:
-    """This machine's sandbox (Docker if an engine answers, else bubblewrap) and builder (Docker only), from
-    the sandbox adapters (``crewflow.adapters.sandbox``); both ``None`` where that package is absent."""
-    try:  # imported by name: the sandbox adapters are optional here (and heavy: aiodocker)
-        adapters: Any = importlib.import_module("crewflow.adapters.sandbox")
-    except ModuleNotFoundError as exc:
-        if exc.name != "crewflow.adapters.sandbox":
-            raise
-        yield LocalTools(None, None)
-        return
+    """This machine's sandbox (Docker if an engine answers, bubblewrap for script tools) and builder (Docker
+    only). The sandbox adapters are imported here, not at module level: aiodocker is heavy."""
     from crewflow.adapters.metrics.memory import NoopMetrics
+    from crewflow.adapters.sandbox import open_builder, open_sandbox
 
-    sandbox = adapters.open_sandbox(extra, NoopMetrics())
-    builder = adapters.open_builder(extra)
-    if asyncio.iscoroutine(sandbox):
-        sandbox = await sandbox
-    if asyncio.iscoroutine(builder):
-        builder = await builder
-    local = LocalTools(sandbox, builder)
-    for part in (sandbox, builder):
-        close = getattr(part, "close", None) or getattr(part, "aclose", None)
-        if close is not None:
-            local.closers.append(close)
+    sandbox = await asyncio.to_thread(open_sandbox, extra, NoopMetrics())
+    builder = await asyncio.to_thread(open_builder, extra)
+    local = LocalTools(sandbox, builder, [sandbox.close])
+    if builder is not None:
+        local.closers.append(builder.close)
     try:
         yield local
     finally:
@@ -295,8 +280,6 @@ async def _run_dir(tool: ToolDir, image: str | None, local: LocalTools, payload:
     problems = validate_document(tool.input_schema, payload, "input")
     if problems:
         raise InvalidArguments(problems)
-    if local.sandbox is None:
-        raise Conflict("no tool sandbox is available here (no Docker engine and no bubblewrap)")
     ref = ToolRef(id=tool.name, description=tool.description, input_schema=tool.input_schema,
                   output_schema=tool.output_schema, image=image, script=tool.script,
                   limits=tool_limits(tool.limits))  # fmt: skip
