@@ -120,3 +120,16 @@ async def test_a_flow_file_with_a_script_tool_runs_its_tool_in_the_sandbox() -> 
     assert "windmills" in written
     assert nodes["count"]["status"] == "completed"
     assert nodes["count"]["output"] == {"words": len(written.split())}
+
+
+async def test_the_library_runs_a_tool_flow_in_this_machines_sandbox_by_default() -> None:
+    """``crewflow.arun`` without ``tools=`` opens the local sandbox for a flow that has tool nodes."""
+    import shutil
+
+    import crewflow
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (make test installs it as root)")
+    result = await crewflow.arun(ROOT / "examples/wordcount_tool.yaml", {"topic": "kites"})
+    assert result.ok, result.error
+    assert result.nodes["count"].output == {"words": len(result.nodes["write"].output.split())}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from crewflow.application.results import RunResult
 from crewflow.domain.codec import flow_from_dict
 from crewflow.domain.errors import FlowFormatError, Problem
 from crewflow.domain.events import ExecutionEvent
-from crewflow.domain.flow import Flow
+from crewflow.domain.flow import Flow, NodeKind
 from crewflow.ports.runtime import AgentRuntime, ToolSandbox
 
 __all__ = ["FlowSource", "arun", "load_flow", "run", "stream"]
@@ -73,6 +74,19 @@ def _engine(runtime: AgentRuntime | None, tools: ToolSandbox | None) -> Engine:
     return build_engine(runtime=runtime, tools=tools)
 
 
+async def _sandbox_for(flow: Flow, tools: ToolSandbox | None, stack: AsyncExitStack) -> ToolSandbox | None:
+    """``tools`` if given; else, for a flow with tool nodes or agents with tools, this machine's sandbox
+    (Docker or bubblewrap, released with ``stack``). Tools never run unsandboxed."""
+    needs = any(n.kind == NodeKind.TOOL for n in flow.nodes) or any(a.tools for a in flow.agents.values())
+    if tools is not None or not needs:
+        return tools
+    from crewflow.entrypoints.cli_tools import open_local_tools
+    from crewflow.settings import Settings
+
+    local = await stack.enter_async_context(open_local_tools(Settings.from_env().extra))
+    return local.sandbox
+
+
 async def arun(
     flow: FlowSource,
     inputs: Mapping[str, Any] | None = None,
@@ -85,11 +99,15 @@ async def arun(
     execution_id: str | None = None,
     seed: int | None = None,
 ) -> RunResult:
-    """Run a flow to its end on the current event loop. Raises ``FlowInvalid`` for an invalid flow."""
-    return await _engine(runtime, tools).run(
-        load_flow(flow), inputs, listeners=(on_event,) if on_event else (), max_parallel=max_parallel,
-        timeout=timeout, execution_id=execution_id, seed=seed,
-    )  # fmt: skip
+    """Run a flow to its end on the current event loop. Raises ``FlowInvalid`` for an invalid flow. Tool
+    nodes run in ``tools`` or, by default, in this machine's sandbox."""
+    loaded = load_flow(flow)
+    async with AsyncExitStack() as stack:
+        sandbox = await _sandbox_for(loaded, tools, stack)
+        return await _engine(runtime, sandbox).run(
+            loaded, inputs, listeners=(on_event,) if on_event else (), max_parallel=max_parallel,
+            timeout=timeout, execution_id=execution_id, seed=seed,
+        )  # fmt: skip
 
 
 def run(flow: FlowSource, inputs: Mapping[str, Any] | None = None, **options: Any) -> RunResult:
@@ -111,10 +129,13 @@ async def stream(
     timeout: float | None = None,
 ) -> AsyncIterator[ExecutionEvent]:
     """Run a flow and yield its events live, ending with the run's terminal event."""
-    handle = _engine(runtime, tools).start(load_flow(flow), inputs, max_parallel=max_parallel, timeout=timeout)
-    try:
-        async for event in handle.events():
-            yield event
-    finally:
-        handle.cancel("stream closed")
-        await handle.result()
+    loaded = load_flow(flow)
+    async with AsyncExitStack() as stack:
+        sandbox = await _sandbox_for(loaded, tools, stack)
+        handle = _engine(runtime, sandbox).start(loaded, inputs, max_parallel=max_parallel, timeout=timeout)
+        try:
+            async for event in handle.events():
+                yield event
+        finally:
+            handle.cancel("stream closed")
+            await handle.result()
