@@ -239,13 +239,16 @@ async def test_the_agents_provider_override_is_tried_first() -> None:
 
 async def test_a_call_that_would_exceed_the_budget_is_refused_before_any_provider_is_called() -> None:
     a = FakeProvider("a")
-    gateway, _, _, _ = setup(a, budget=Budget(2.0))
+    gateway, metrics, _, _ = setup(a, budget=Budget(2.0))
     # worst case: 1 input token (0.0005) + 1000 output tokens at 1.5/1K = 1.5005 -> fits once
     await gateway.complete(ask("hi", max_tokens=1000), CallScope("acme"))
     assert gateway.ledger.total("acme") == pytest.approx(1.25)
     with pytest.raises(BudgetExceeded):
         await gateway.complete(ask("hi again", max_tokens=1000), CallScope("acme"))
     assert a.calls == 1
+    # the refusal is counted (the budget-exhaustion alert reads it)
+    assert metrics.counter("llm_api_calls_total", provider="a", status="budget_exceeded") == 1
+    assert metrics.counter("llm_api_calls_total", provider="a", status="success") == 1
 
 
 async def test_concurrent_calls_cannot_overrun_the_budget_together() -> None:

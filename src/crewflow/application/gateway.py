@@ -28,6 +28,7 @@ from crewflow.domain.failover import (
     AllProvidersFailed,
     AttemptRecord,
     AuthError,
+    BudgetExceeded,
     CircuitBreaker,
     CostLedger,
     Failover,
@@ -200,7 +201,12 @@ class Gateway:
 
         reservation: Reservation | None = None
         if config.budget is not None:
-            reservation = self.ledger.reserve(scope.tenant_id, self._estimate(request, entries), config.budget)
+            try:
+                reservation = self.ledger.reserve(scope.tenant_id, self._estimate(request, entries), config.budget)
+            except BudgetExceeded:  # refused before any provider call: counted so operators see exhaustion
+                if self._metrics is not None:
+                    self._metrics.inc("llm_api_calls_total", {"provider": entries[0].name, "status": "budget_exceeded"})
+                raise
         spent = 0.0
         try:
             response = await self._call(request, scope, entries, on_token, on_attempt)
