@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from crewflow.adapters.metrics.prometheus import PrometheusMetrics
     from crewflow.adapters.redis import RedisAdapters
     from crewflow.application.chats import ChatService
-    from crewflow.application.executions import ExecutionRecorder, ExecutionRunner
+    from crewflow.application.executions import ExecutionRecorder, ExecutionRunner, FlowResolver
+    from crewflow.application.flow_cache import CachedFlowResolver
     from crewflow.application.providers import RepositoryProviderRegistry
     from crewflow.application.tools import ToolService
     from crewflow.application.webhooks import WebhookDispatcher
@@ -149,6 +150,8 @@ class ApiContainer:
     queue: JobQueue  # runs executions (started with the app, closed first by ``aclose``)
     chats: ChatService  # chats with agents and crews; replies run in this process
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    # background work started by ``start`` on the loop that serves the app (the queue's own start included)
+    starters: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     user_status: UserStatusCache = field(default_factory=UserStatusCache)  # read by the token middleware
     sessions: SessionStore | None = None  # login sessions (memory, or Redis with ``CREWFLOW_REDIS_URL``)
     metrics: Metrics | None = None  # served at /metrics (ADR 0013)
@@ -156,6 +159,13 @@ class ApiContainer:
     # (ADR 0015); paged log reads and ``last_stored_seq`` must keep using ``logstore`` (the durable store).
     watch_logstore: LogStore | None = None
     tool_service: ToolService | None = None  # tool builds (queued) and test runs in the sandbox
+    flow_cache: CachedFlowResolver | None = None  # flow versions for execute requests; flow writes invalidate
+
+    async def start(self) -> None:
+        """Start running executions (the in-process queue) and the background chores, on this loop."""
+        await self.queue.start()
+        for start in self.starters:
+            await start()
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
@@ -224,6 +234,7 @@ class Core:
     webhooks: WebhookDispatcher  # flow webhooks: the recorder's sink schedules, a worker cron retries
     redis: RedisAdapters | None = None  # with ``CREWFLOW_REDIS_URL``: the bus, cache, limits, sessions on Redis
     tool_sandbox: ToolSandbox | None = None  # runs tool nodes, agents' tools and test runs (ADR 0014)
+    flow_cache: CachedFlowResolver | None = None  # flow versions cached (Redis or memory); writes invalidate
     tool_builder: ToolBuilder | None = None  # builds tool images; None where no Docker engine answers
     closers: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
 
@@ -253,6 +264,7 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
     from crewflow.adapters.telemetry import instrument_engine
     from crewflow.adapters.webhook_http import AiohttpWebhookTransport
     from crewflow.application.executions import ExecutionRecorder
+    from crewflow.application.flow_cache import CachedFlowResolver
     from crewflow.application.gateway import Gateway
     from crewflow.application.providers import RepositoryProviderRegistry
     from crewflow.application.webhooks import WebhookDispatcher, WebhookSink, allow_private_from
@@ -320,7 +332,7 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
     core = Core(settings=settings, clock=clock, uow_factory=uow_factory, database_url=url, logstore=logstore,
                 cipher=cipher, engine=engine, provider_registry=provider_registry, bus=bus,
                 recorder=recorder, metrics=metrics, webhooks=webhooks, redis=redis, tool_sandbox=tool_sandbox,
-                tool_builder=tool_builder)  # fmt: skip
+                tool_builder=tool_builder, flow_cache=CachedFlowResolver(cache, metrics))  # fmt: skip
     core.closers.extend([database.dispose, provider_registry.close, tool_sandbox.close])
     if tool_builder is not None:
         core.closers.append(tool_builder.close)
@@ -330,6 +342,36 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
         core.closers.append(redis.aclose)
     core.closers.extend([transport.aclose, webhooks.close])  # pending deliveries stop before their transport
     return core
+
+
+def _resolver(core: Core) -> FlowResolver:
+    from crewflow.application.catalog import resolve_flow
+
+    return core.flow_cache.resolve if core.flow_cache is not None else resolve_flow
+
+
+async def _embedded_housekeeping(core: Core, queue: JobQueue, every: float = 30.0) -> None:
+    """The worker crons of the embedded server (ADR 0012): executions whose lease expired (a stopped or
+    crashed process) are enqueued again and resume from their checkpoints, or end ``failed``; due webhook
+    deliveries are retried. A failing pass is logged; the next one runs anyway."""
+    import structlog
+
+    from crewflow.application.watchdog import recover_expired
+    from crewflow.application.webhooks import deliver_due, tenant_ids
+
+    log = structlog.get_logger("crewflow.housekeeping")
+    hold = min(10.0, lease_seconds(core.settings))
+    while True:
+        await asyncio.sleep(every)
+        try:
+            tenants = await tenant_ids(core.uow_factory)
+            report = await recover_expired(tenants, uow_factory=core.uow_factory, queue=queue, recorder=core.recorder,
+                                           clock=core.clock, hold_seconds=hold)  # fmt: skip
+            if report.requeued or report.failed:
+                log.info("watchdog.recovered", requeued=len(report.requeued), failed=len(report.failed))
+            await deliver_due(core.webhooks, tenants)
+        except Exception:
+            log.exception("housekeeping.pass_failed")
 
 
 def queue_name(settings: Settings) -> str:
@@ -349,6 +391,19 @@ def _positive_int(settings: Settings, variable: str, default: int) -> int:
         raise ValueError(f"{variable} must be an integer, got {raw!r}") from None
     if value < 1:
         raise ValueError(f"{variable} must be at least 1")
+    return value
+
+
+def _seconds_setting(settings: Settings, variable: str, default: float) -> float:
+    raw = settings.extra.get(variable)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{variable} must be a number of seconds, got {raw!r}") from None
+    if not 0 < value <= 86_400:
+        raise ValueError(f"{variable} must be above 0 and at most 86400 seconds")
     return value
 
 
@@ -431,7 +486,7 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
         tool_service.builds = arq_queue  # workers build (where their Docker engine is)
         queue = arq_queue
     else:
-        runner = ExecutionRunner(core.uow_factory, core.engine, core.recorder)
+        runner = ExecutionRunner(core.uow_factory, core.engine, core.recorder, resolve=_resolver(core))
         in_process = InProcessJobQueue(runner, concurrency=worker_concurrency(settings),
                                        build_handler=tool_service.run_build)  # fmt: skip
         tool_service.builds = in_process
@@ -458,12 +513,32 @@ async def build_api_container(settings: Settings | None = None, *, bcrypt_rounds
         metrics=core.metrics,
         watch_logstore=core.redis.replay_first(core.logstore) if core.redis else None,
         tool_service=tool_service,
+        flow_cache=core.flow_cache,
     )
     # the in-process queue's handler in the job's log context and span; enqueued jobs carry the trace
     if isinstance(queue, InProcessJobQueue):
         queue.handler = bind_job_context(queue.handler, metrics=core.metrics)
     container.queue = _traced(queue)
     container.closers.extend([core.aclose, provisioner.aclose])
+    if isinstance(queue, InProcessJobQueue):
+        # No arq worker runs the crons here: this process resumes what a stopped process left running and
+        # retries due webhooks itself (first pass one interval after start), on the loop that serves the app.
+        every = _seconds_setting(settings, "CREWFLOW_HOUSEKEEPING_INTERVAL", 30.0)
+        chores: list[asyncio.Task[None]] = []
+
+        async def start_chores() -> None:
+            if not chores:
+                chores.append(asyncio.create_task(_embedded_housekeeping(core, queue, every),
+                                                  name="crewflow-housekeeping"))  # fmt: skip
+
+        async def stop_chores() -> None:
+            for task in chores:
+                task.cancel()
+            await asyncio.gather(*chores, return_exceptions=True)
+            chores.clear()
+
+        container.starters.append(start_chores)
+        container.closers.append(stop_chores)
     container.closers.append(container.queue.close)  # closed first: running jobs still reach the database
     container.closers.append(container.chats.close)
     return container
@@ -508,7 +583,8 @@ async def build_worker_container(settings: Settings | None = None, *, runtime: A
     # On SIGTERM the worker cancels its jobs and the queue hands them to another worker: the runner records
     # nothing then and releases the lease, so the next holder resumes from the checkpoints at once.
     runner = ExecutionRunner(core.uow_factory, core.engine, core.recorder, worker_id=worker_id,
-                             lease_seconds=lease_seconds(settings), resume_on_shutdown=True)  # fmt: skip
+                             lease_seconds=lease_seconds(settings), resume_on_shutdown=True,
+                             resolve=_resolver(core))  # fmt: skip
     from crewflow.application.tools import ToolService
 
     queue = ArqJobQueue(settings.redis_url, queue_name=queue_name(settings))

@@ -15,7 +15,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +57,10 @@ __all__ = [
 ]
 
 log = structlog.get_logger("crewflow.executions")
+
+FlowResolver = Callable[[UnitOfWork, str, int | None], Awaitable[Flow]]
+"""Loads a runnable flow version for a tenant's unit of work: ``resolve_flow`` itself, or a cache in front
+of it (``crewflow.application.flow_cache.CachedFlowResolver.resolve``)."""
 _REPLAY_BATCH = 500
 
 
@@ -142,7 +146,7 @@ async def _replayed(uow: UnitOfWork, key: str, request_hash: str) -> Accepted | 
 
 
 async def execute_flow(cmd: ExecuteFlow, *, uow_factory: UnitOfWorkFactory, queue: JobQueue, clock: Clock,
-                       ids: IdGenerator) -> Accepted:  # fmt: skip
+                       ids: IdGenerator, resolve: FlowResolver = resolve_flow) -> Accepted:  # fmt: skip
     """Resolve the flow version for the caller's tenant, check the inputs, commit the execution as
     ``pending`` (with the idempotency record, in the same transaction), then enqueue it. The same key with
     the same request answers the first execution's id; with a different request, ``Conflict``."""
@@ -154,7 +158,7 @@ async def execute_flow(cmd: ExecuteFlow, *, uow_factory: UnitOfWorkFactory, queu
             async with uow_factory.for_tenant(cmd.tenant_id) as uow:
                 if key is not None and (accepted := await _replayed(uow, key, request_hash)) is not None:
                     break
-                flow = await resolve_flow(uow, cmd.flow_id, cmd.version)
+                flow = await resolve(uow, cmd.flow_id, cmd.version)
                 missing = flow.missing_inputs(cmd.inputs)
                 if missing:
                     raise InvalidArguments([Problem("missing_input", "is required", f"inputs.{name}")
@@ -304,7 +308,7 @@ class ExecutionRunner:
 
     def __init__(self, uow_factory: UnitOfWorkFactory, engine: Engine, recorder: ExecutionRecorder, *,
                  worker_id: str | None = None, lease_seconds: float = 30.0,
-                 resume_on_shutdown: bool = False) -> None:  # fmt: skip
+                 resume_on_shutdown: bool = False, resolve: FlowResolver = resolve_flow) -> None:  # fmt: skip
         if not lease_seconds > 0:
             raise ValueError("lease_seconds must be positive")
         self.uow_factory = uow_factory
@@ -313,6 +317,7 @@ class ExecutionRunner:
         self.worker_id = worker_id or default_worker_id()
         self.lease_seconds = lease_seconds
         self.resume_on_shutdown = resume_on_shutdown
+        self.resolve = resolve
         self._active: set[tuple[str, str]] = set()
 
     async def __call__(self, job: RunExecution, cancel: asyncio.Event) -> None:
@@ -404,7 +409,7 @@ class ExecutionRunner:
             if execution.status.is_terminal:
                 return
             try:
-                flow = await resolve_flow(uow, execution.flow_id, execution.flow_version)
+                flow = await self.resolve(uow, execution.flow_id, execution.flow_version)
             except (NotFound, FlowInvalid) as exc:
                 unrunnable = f"the flow cannot run: {exc}"
             runs = await _all_node_runs(uow, execution_id)

@@ -83,15 +83,9 @@ class WorkerOptions:
 
 async def tenant_ids(container: WorkerContainer) -> list[str]:
     """Every tenant's id, read afresh for each cron pass (tenants come and go)."""
-    ids: list[str] = []
-    cursor: str | None = None
-    while True:
-        async with container.core.uow_factory.platform() as uow:
-            page = await uow.tenants.list(cursor, 100)
-        ids.extend(t.id for t in page.items)
-        if page.next_cursor is None:
-            return ids
-        cursor = page.next_cursor
+    from crewflow.application.webhooks import tenant_ids as all_tenant_ids
+
+    return await all_tenant_ids(container.core.uow_factory)
 
 
 def cron_jobs(container: WorkerContainer, queue: str | None = None) -> list[CronJob]:
@@ -107,15 +101,17 @@ def cron_jobs(container: WorkerContainer, queue: str | None = None) -> list[Cron
     from crewflow.adapters.sandbox import reap_orphans
     from crewflow.application.watchdog import purge_expired, recover_expired, retention_days_from
     from crewflow.application.webhooks import deliver_due
-    from crewflow.bootstrap import queue_name
+    from crewflow.bootstrap import lease_seconds, queue_name
 
     core = container.core
     retention = retention_days_from(core.settings.extra)
     queue = queue or queue_name(core.settings)  # the worker's queue (default: CREWFLOW_QUEUE)
+    hold = min(10.0, lease_seconds(core.settings))  # the watchdog's hold may not outlast the workers' lease
 
     async def recover(ctx: dict[str, Any]) -> None:
         report = await recover_expired(await tenant_ids(container), uow_factory=core.uow_factory,
-                                       queue=container.queue, recorder=core.recorder, clock=core.clock)  # fmt: skip
+                                       queue=container.queue, recorder=core.recorder, clock=core.clock,
+                                       hold_seconds=hold)  # fmt: skip
         if report.requeued or report.failed:
             log.info("watchdog.recovered", requeued=len(report.requeued), failed=len(report.failed))
 

@@ -76,7 +76,7 @@ def create_app(container: ApiContainer | None = None, *, settings: Settings | No
             from crewflow.bootstrap import build_api_container
 
             state.container = await build_api_container(settings)
-        await state.container.queue.start()  # executions run in this process (stopped by the container's aclose)
+        await state.container.start()  # queue and chores run in this process (stopped by the container's aclose)
         state.readiness, state.readiness_closers = default_readiness_checks(state.container)
         if state.container.settings.extra.get("CREWFLOW_DEMO") == "1":
             from crewflow.entrypoints.http.demo import seed_demo_workspace

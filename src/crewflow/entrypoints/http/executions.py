@@ -15,6 +15,7 @@ from litestar.exceptions import ValidationException
 from litestar.params import BodyKwarg, HeaderParameter, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_202_ACCEPTED
 
+from crewflow.application.catalog import resolve_flow
 from crewflow.application.executions import (
     ExecuteFlow,
     ExecutionDetails,
@@ -158,8 +159,10 @@ class FlowExecutionController(Controller):
         command = ExecuteFlow(tenant_id=request.user.tenant_id, flow_id=flow_id, version=data.version,
                               inputs=data.inputs, idempotency_key=idempotency_key,
                               request_id=request_meta(request).request_id)  # fmt: skip
+        cache = getattr(container, "flow_cache", None)
         accepted = await execute_flow(command, uow_factory=container.uow_factory, queue=container.queue,
-                                      clock=container.clock, ids=container.ids)  # fmt: skip
+                                      clock=container.clock, ids=container.ids,
+                                      resolve=cache.resolve if cache is not None else resolve_flow)  # fmt: skip
         if not accepted.replayed:
             await audit_request(request, "execution.create", object_type="execution", object_id=accepted.execution_id,
                                 details={"flow_id": flow_id, "version": data.version})  # fmt: skip
