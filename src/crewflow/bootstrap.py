@@ -381,50 +381,23 @@ def queue_name(settings: Settings) -> str:
     return settings.extra.get("CREWFLOW_QUEUE") or DEFAULT_QUEUE
 
 
-def _positive_int(settings: Settings, variable: str, default: int) -> int:
-    raw = settings.extra.get(variable)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{variable} must be an integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{variable} must be at least 1")
-    return value
-
-
 def _seconds_setting(settings: Settings, variable: str, default: float) -> float:
-    raw = settings.extra.get(variable)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{variable} must be a number of seconds, got {raw!r}") from None
-    if not 0 < value <= 86_400:
-        raise ValueError(f"{variable} must be above 0 and at most 86400 seconds")
-    return value
+    from crewflow.settings import number_setting
+
+    return number_setting(settings.extra, variable, default, low=0, high=86_400, above=True)
 
 
 def lease_seconds(settings: Settings) -> float:
     """How long a worker's hold on an execution lasts unless renewed (``CREWFLOW_WORKER_LEASE``, default
     30 s): the database lease of ``ExecutionRunner`` and the queue's in-progress key alike."""
-    raw = settings.extra.get("CREWFLOW_WORKER_LEASE")
-    if not raw:
-        return 30.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"CREWFLOW_WORKER_LEASE must be a number of seconds, got {raw!r}") from None
-    if not 0 < value <= 86_400:
-        raise ValueError("CREWFLOW_WORKER_LEASE must be above 0 and at most 86400 seconds")
-    return value
+    return _seconds_setting(settings, "CREWFLOW_WORKER_LEASE", 30.0)
 
 
 def worker_concurrency(settings: Settings) -> int:
     """Executions one worker runs at once (``CREWFLOW_WORKER_CONCURRENCY``, default 4)."""
-    return _positive_int(settings, "CREWFLOW_WORKER_CONCURRENCY", 4)
+    from crewflow.settings import int_setting
+
+    return int_setting(settings.extra, "CREWFLOW_WORKER_CONCURRENCY", 4, low=1, high=10_000)
 
 
 @functools.cache

@@ -6,20 +6,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "int_setting", "number_setting"]
 
 
-def _int(env: Mapping[str, str], key: str, default: int) -> int:
-    raw = env.get(key)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{key} must be an integer, got {raw!r}") from None
-
-
-def _float(env: Mapping[str, str], key: str, default: float) -> float:
+def number_setting(env: Mapping[str, str], key: str, default: float, *, low: float, high: float,
+                   above: bool = False) -> float:  # fmt: skip
+    """The number in ``env[key]`` (``default`` when unset or empty) between ``low`` (excluded when
+    ``above``) and ``high``; a ``ValueError`` naming the variable otherwise."""
     raw = env.get(key)
     if raw is None or raw == "":
         return default
@@ -27,8 +20,22 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ValueError(f"{key} must be a number, got {raw!r}") from None
-    if not 0 <= value <= 3600:
-        raise ValueError(f"{key} must be between 0 and 3600")
+    if value > high or value < low or (above and value == low):
+        raise ValueError(f"{key} must be {'above' if above else 'at least'} {low:g} and at most {high:g}")
+    return value
+
+
+def int_setting(env: Mapping[str, str], key: str, default: int, *, low: int = 0, high: int = 2**31) -> int:
+    """The integer in ``env[key]`` (``default`` when unset or empty) between ``low`` and ``high``."""
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ValueError(f"{key} must be at least {low} and at most {high}")
     return value
 
 
@@ -62,12 +69,12 @@ class Settings:
             mongodb_url=env.get("CREWFLOW_MONGODB_URL") or None,
             default_provider=env.get("CREWFLOW_DEFAULT_PROVIDER", "scripted"),
             providers_file=env.get("CREWFLOW_PROVIDERS") or None,
-            scripted_latency=_float(env, "CREWFLOW_SCRIPTED_LATENCY", 0.0),
+            scripted_latency=number_setting(env, "CREWFLOW_SCRIPTED_LATENCY", 0.0, low=0, high=3600),
             tenant=env.get("CREWFLOW_TENANT", "local"),
-            max_parallel=_int(env, "CREWFLOW_MAX_PARALLEL", 8),
-            db_pool_size=_int(env, "CREWFLOW_DB_POOL_SIZE", 20),
-            spare_schemas=_int(env, "CREWFLOW_SPARE_SCHEMAS", 5),
-            tenants_per_connection=_int(env, "CREWFLOW_TENANTS_PER_CONNECTION", 250),
+            max_parallel=int_setting(env, "CREWFLOW_MAX_PARALLEL", 8),
+            db_pool_size=int_setting(env, "CREWFLOW_DB_POOL_SIZE", 20),
+            spare_schemas=int_setting(env, "CREWFLOW_SPARE_SCHEMAS", 5),
+            tenants_per_connection=int_setting(env, "CREWFLOW_TENANTS_PER_CONNECTION", 250),
             log_level=env.get("CREWFLOW_LOG_LEVEL", "info"),
             log_format=env.get("CREWFLOW_LOG_FORMAT", "auto"),
             extra={k: v for k, v in env.items() if k.startswith("CREWFLOW_")},

@@ -136,9 +136,14 @@ def test_a_failed_build_is_exit_1_with_the_reason(tmp_path: Path, local: cli_too
 
 def test_without_a_sandbox_or_builder_the_commands_say_so(tmp_path: Path, local: cli_tools.LocalTools,
                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    local.sandbox, local.builder = None, None
-    assert main(["tools", "run", str(script_tool(tmp_path)), "-i", '{"text": "x"}']) == 2
-    assert "no tool sandbox is available here" in capsys.readouterr().err
+    from crewflow.adapters.sandbox import RoutingSandbox
+
+    # what open_sandbox answers on a machine with neither Docker nor bubblewrap: a router with no backend
+    local.sandbox, local.builder = RoutingSandbox(None, None, "no Docker engine answers", "bwrap missing"), None
+    assert main(["tools", "run", str(script_tool(tmp_path)), "-i", '{"text": "x"}']) == 1
+    err = capsys.readouterr().err
+    assert "needs bubblewrap or a Docker engine and neither is available here" in err
+    assert len(err.strip().splitlines()) == 1
     (tmp_path / "img").mkdir()
     assert main(["tools", "build", str(image_tool(tmp_path / "img"))]) == 2
     assert "no image builder is available here" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from crewflow.settings import Settings
+from crewflow.settings import Settings, number_setting
 
 if TYPE_CHECKING:
     from arq.cron import CronJob
@@ -31,16 +31,7 @@ log = structlog.get_logger("crewflow.worker")
 
 
 def _seconds(settings: Settings, variable: str, default: float) -> float:
-    raw = settings.extra.get(variable)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{variable} must be a number of seconds, got {raw!r}") from None
-    if not 0 <= value <= 86_400:
-        raise ValueError(f"{variable} must be between 0 and 86400 seconds")
-    return value
+    return number_setting(settings.extra, variable, default, low=0, high=86_400)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,9 @@ closed (``aclose``) when the consumer stops early; that unregisters them.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from typing import Self
 
+from crewflow.adapters.feeds import BoundedFeed
 from crewflow.domain.events import ExecutionEvent
 
 __all__ = ["MemoryEventBus", "MemorySubscription"]
@@ -24,48 +23,18 @@ __all__ = ["MemoryEventBus", "MemorySubscription"]
 _Key = tuple[str, str]
 
 
-class MemorySubscription:
+class MemorySubscription(BoundedFeed):
     """Live events of one execution, from the moment it was created. An async iterator."""
 
-    __slots__ = ("_bus", "_closed", "_key", "_queue")
+    __slots__ = ("_bus", "_key")
 
     def __init__(self, bus: MemoryEventBus, key: _Key, max_queue: int) -> None:
+        super().__init__(max_queue)
         self._bus = bus
         self._key = key
-        # one extra slot so the end-of-stream marker always fits after an overflow
-        self._queue: asyncio.Queue[ExecutionEvent | None] = asyncio.Queue(max_queue + 1)
-        self._closed = False
 
-    def offer(self, event: ExecutionEvent) -> bool:
-        """Queue an event; False (and the subscription ends) when the subscriber is too far behind."""
-        if self._closed:
-            return False
-        if self._queue.qsize() >= self._queue.maxsize - 1:
-            self._end()
-            return False
-        self._queue.put_nowait(event)
-        return True
-
-    def _end(self) -> None:
-        self._closed = True
+    def _unregister(self) -> None:
         self._bus._remove(self._key, self)
-        self._queue.put_nowait(None)
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> ExecutionEvent:
-        if self._closed and self._queue.empty():
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._bus._remove(self._key, self)
 
 
 class MemoryEventBus:

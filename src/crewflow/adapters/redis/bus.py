@@ -27,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any
 
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from crewflow.adapters.feeds import BoundedFeed
 from crewflow.adapters.redis.codec import decode_event, encode_event
 from crewflow.adapters.redis.keys import DEFAULT_PREFIX, events_channel, events_stream
 from crewflow.domain.events import ExecutionEvent
@@ -82,56 +83,27 @@ async def read_stream(redis: Redis, key: str, after_seq: int, limit: int) -> lis
     return events
 
 
-class RedisSubscription:
+class RedisSubscription(BoundedFeed):
     """Live events of one execution for one local subscriber. An async iterator; ``aclose`` unregisters."""
 
-    __slots__ = ("_bus", "_channel", "_closed", "_queue", "_ready")
+    __slots__ = ("_bus", "_channel", "_ready")
 
     def __init__(self, bus: RedisEventBus, channel: bytes, max_queue: int) -> None:
+        super().__init__(max_queue)
         self._bus = bus
         self._channel = channel
-        self._queue: asyncio.Queue[ExecutionEvent | None] = asyncio.Queue(max_queue + 1)
         self._ready = asyncio.Event()
-        self._closed = False
 
     async def ready(self) -> None:
         """Wait until Redis confirmed the subscription (or the subscription ended)."""
         await self._ready.wait()
 
-    def offer(self, event: ExecutionEvent) -> None:
-        if self._closed:
-            return
-        if self._queue.qsize() >= self._queue.maxsize - 1:
-            log.info("bus.subscriber_dropped", channel=self._channel.decode(errors="replace"))
-            self.end()
-            return
-        self._queue.put_nowait(event)
+    def _dropped(self) -> None:
+        log.info("bus.subscriber_dropped", channel=self._channel.decode(errors="replace"))
 
-    def end(self) -> None:
-        """End the feed (the subscriber is too slow, or the connection was lost)."""
-        if self._closed:
-            return
-        self._closed = True
+    def _unregister(self) -> None:
         self._ready.set()
         self._bus._remove(self._channel, self)
-        self._queue.put_nowait(None)
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> ExecutionEvent:
-        if self._closed and self._queue.empty():
-            raise StopAsyncIteration
-        event = await self._queue.get()
-        if event is None:
-            raise StopAsyncIteration
-        return event
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._ready.set()
-            self._bus._remove(self._channel, self)
 
 
 class RedisEventBus:
