@@ -510,3 +510,15 @@ def test_the_retention_setting_defaults_to_30_days_and_refuses_nonsense() -> Non
     for bad in ("0", "-1", "soon"):
         with pytest.raises(ValueError, match="CREWFLOW_RETENTION_DAYS"):
             retention_days_from({"CREWFLOW_RETENTION_DAYS": bad})
+
+
+async def test_a_tenant_without_storage_is_skipped_and_the_others_still_get_their_pass(world: World) -> None:
+    """A tenant listed while its schema/file is created or dropped must not stop the crons for everyone."""
+    await _abandon_mid_run(world, "e-after-a-missing-tenant")
+    queue = ListQueue()
+    report = await recover_expired(["no-such-tenant", world.tenant], uow_factory=world.uow_factory, queue=queue,
+                                   recorder=world.recorder(), clock=SystemClock())  # fmt: skip
+    assert report.requeued == ((world.tenant, "e-after-a-missing-tenant"),)
+    purged = await purge_expired(["no-such-tenant", world.tenant], uow_factory=world.uow_factory,
+                                 logstore=world.logstore, clock=SystemClock(), retention_days=1)  # fmt: skip
+    assert purged.executions == 0  # nothing old enough; the pass ran through both

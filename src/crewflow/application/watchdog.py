@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import structlog
 
 from crewflow.application.executions import ExecutionRecorder, last_stored_seq
+from crewflow.domain.errors import NotFound
 from crewflow.domain.events import EventKind
 from crewflow.domain.execution import Execution
 from crewflow.ports.clock import Clock
@@ -118,8 +119,12 @@ async def recover_expired(
     for tenant_id in tenant_ids:
         now = clock.now()
         unclaimed_before = None if unclaimed_grace is None else now - unclaimed_grace
-        async with uow_factory.for_tenant(tenant_id) as uow:
-            expired = await uow.executions.list_expired(now, limit, unclaimed_before=unclaimed_before)
+        try:
+            async with uow_factory.for_tenant(tenant_id) as uow:
+                expired = await uow.executions.list_expired(now, limit, unclaimed_before=unclaimed_before)
+        except NotFound:  # a tenant listed while its storage is being created or dropped: not this pass
+            log.info("watchdog.tenant_skipped", tenant_id=tenant_id)
+            continue
         for candidate in expired:
             key = (tenant_id, candidate.id)
             now = clock.now()
@@ -164,6 +169,29 @@ async def _fail(recorder: ExecutionRecorder, tenant_id: str, execution: Executio
                                    EventKind.RUN_FAILED, {"error": reason, "starts": starts})  # fmt: skip
 
 
+async def _purge_tenant(tenant_id: str, cutoff: float, uow_factory: UnitOfWorkFactory,
+                        logstore: LogStore) -> tuple[int, int, int, int]:  # fmt: skip
+    """(executions, events, chat messages, idempotency keys) purged for one tenant."""
+    logs = logstore.for_tenant(tenant_id)
+    executions = events = 0
+    while True:
+        async with uow_factory.for_tenant(tenant_id) as uow:
+            ids = await uow.executions.list_finished_before(cutoff, _BATCH)
+        if not ids:
+            break
+        events += await logs.purge_executions(ids)
+        async with uow_factory.for_tenant(tenant_id) as uow:
+            executions += await uow.executions.delete_many(ids)
+            await uow.commit()
+        if len(ids) < _BATCH:
+            break
+    chats = await logs.purge_chat_messages_before(cutoff)
+    async with uow_factory.for_tenant(tenant_id) as uow:
+        keys = await uow.idempotency.purge_before(cutoff)
+        await uow.commit()
+    return executions, events, chats, keys
+
+
 def retention_days_from(extra: Mapping[str, str] | None) -> float:
     """``CREWFLOW_RETENTION_DAYS`` from the settings' extra variables (default 30; must be positive)."""
     raw = (extra or {}).get("CREWFLOW_RETENTION_DAYS") or ""
@@ -195,22 +223,13 @@ async def purge_expired(
     cutoff = clock.now() - retention_days * 86_400
     executions = events = chats = keys = 0
     for tenant_id in tenant_ids:
-        logs = logstore.for_tenant(tenant_id)
-        while True:
-            async with uow_factory.for_tenant(tenant_id) as uow:
-                ids = await uow.executions.list_finished_before(cutoff, _BATCH)
-            if not ids:
-                break
-            events += await logs.purge_executions(ids)
-            async with uow_factory.for_tenant(tenant_id) as uow:
-                executions += await uow.executions.delete_many(ids)
-                await uow.commit()
-            if len(ids) < _BATCH:
-                break
-        chats += await logs.purge_chat_messages_before(cutoff)
-        async with uow_factory.for_tenant(tenant_id) as uow:
-            keys += await uow.idempotency.purge_before(cutoff)
-            await uow.commit()
+        try:
+            counts = await _purge_tenant(tenant_id, cutoff, uow_factory, logstore)
+        except NotFound:  # a tenant listed while its storage is being created or dropped: not this pass
+            log.info("retention.tenant_skipped", tenant_id=tenant_id)
+            continue
+        executions, events = executions + counts[0], events + counts[1]
+        chats, keys = chats + counts[2], keys + counts[3]
     report = PurgeReport(executions, events, chats, keys)
     log.info("watchdog.purged", tenants=len(tenant_ids), cutoff=cutoff, **dataclasses.asdict(report))
     return report

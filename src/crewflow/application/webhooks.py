@@ -376,8 +376,12 @@ async def deliver_due(dispatcher: WebhookDispatcher, tenant_ids: Iterable[str], 
     (each attempt claims its row first)."""
     made = 0
     for tenant_id in tenant_ids:
-        async with dispatcher.uow_factory.for_tenant(tenant_id) as uow:
-            due = await uow.webhooks.list_due(dispatcher.clock.now(), limit)
+        try:
+            async with dispatcher.uow_factory.for_tenant(tenant_id) as uow:
+                due = await uow.webhooks.list_due(dispatcher.clock.now(), limit)
+        except NotFound:  # a tenant listed while its storage is being created or dropped: not this pass
+            log.info("webhook.tenant_skipped", tenant_id=tenant_id)
+            continue
         for delivery_id in due:
             try:
                 if await dispatcher.attempt(tenant_id, delivery_id) is not None:
