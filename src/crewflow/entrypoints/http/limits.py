@@ -1,7 +1,7 @@
 """Request context, rate limits and security headers (ADR 0008).
 
-- ``RequestContextMiddleware`` (outermost): takes a well-formed ``X-Request-ID`` or makes one, keeps it in
-  the connection state, binds it to structlog's context variables for the request and echoes it.
+- The request id (``X-Request-ID``) is set around the whole app by ``observability.instrument_app`` and read
+  here by ``request_meta`` for the audit log.
 - ``RateLimitMiddleware`` (after authentication, because its keys are the *verified* user and tenant: an
   unverified token's claims would let anyone spend somebody else's budget): 100 requests/min per user and
   1,000/min per tenant on authenticated routes; per client address on the public auth routes. Over the
@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import re
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from litestar.enums import ScopeType
 from litestar.exceptions import ValidationException
 from litestar.middleware import ASGIMiddleware
-from structlog.contextvars import bound_contextvars
 
 from crewflow.application.auth import RequestMeta, address_bucket
 from crewflow.domain.auth import Identity, RateLimited
@@ -37,14 +34,12 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "RateLimitMiddleware",
     "RateLimits",
-    "RequestContextMiddleware",
     "invalid_cursor_is_422",
     "request_meta",
     "security_headers",
 ]
 
 REQUEST_ID_HEADER = "x-request-id"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 # A single-page app served from the same origin: its own scripts, styles and images only, API calls and the
 # live WebSocket to the same host, never framed, no plugins, forms post only to itself.
@@ -80,32 +75,6 @@ async def security_headers(message: Message, scope: Scope) -> None:
     extra = _DOCS_HEADERS if scope["path"].startswith(DOCS_PREFIX) else _APP_HEADERS
     headers = [h for h in message.get("headers", ()) if h[0].lower() not in _SET_BY_US]
     message["headers"] = [*headers, *extra]
-
-
-class RequestContextMiddleware(ASGIMiddleware):
-    """The request id: the caller's ``X-Request-ID`` when it is short and plain, else a new one."""
-
-    scopes = (ScopeType.HTTP, ScopeType.WEBSOCKET)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        request_id = ""
-        for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                candidate = value.decode("latin-1")
-                if _REQUEST_ID.match(candidate):
-                    request_id = candidate
-                break
-        request_id = request_id or uuid.uuid4().hex
-        scope["state"]["request_id"] = request_id
-        encoded = request_id.encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", encoded)]
-            await send(message)
-
-        with bound_contextvars(request_id=request_id):
-            await next_app(scope, receive, send_with_id)
 
 
 def request_meta(connection: ASGIConnection[Any, Any, Any, Any]) -> RequestMeta:
