@@ -339,7 +339,67 @@ try {
     await tool.locator('input[name=description]').fill('Count words');
     await tool.locator('button:has-text("Register")').click();
     await page.waitForSelector('[data-testid=tools-table] td:has-text("wordcount")');
-    await page.waitForSelector('[data-testid=tools-table] [data-status=registered]');
+    // The default is a Python script: it needs no build, so it is ready at once.
+    await page.waitForSelector('[data-testid=tool-wordcount] [data-status=ready]');
+  });
+
+  await step('tools: a script tool tests from its schema, bad input is a 422 per field, a Dockerfile tool builds or says why not', async () => {
+    const row = page.locator('[data-testid=tool-wordcount]');
+    await row.locator('button:has-text("Test")').click();
+    const test = page.locator('[data-testid=tool-test-form]');
+    const prefilled = JSON.parse(await test.locator('textarea[name=input]').inputValue());
+    if (JSON.stringify(prefilled) !== '{"text":""}') throw new Error(`test input prefilled as ${JSON.stringify(prefilled)}`);
+    await test.locator('textarea[name=input]').fill('{}');
+    await test.locator('button:has-text("Run test")').click();
+    const problem = await test.locator('[role=alert]').innerText();
+    if (!/\(422\)/.test(problem) || !/input/.test(problem) || !/text/.test(problem)) throw new Error(`422 shown as: ${problem}`);
+    await test.locator('textarea[name=input]').fill('{"text": "three little words"}');
+    await test.locator('button:has-text("Run test")').click();
+    await test.locator('[data-testid=tool-test-result] [data-status]').waitFor({ timeout: 60_000 });
+    const result = await test.locator('[data-testid=tool-test-result]').innerText();
+    const ran = await test.locator('[data-testid=tool-test-result] [data-status]').getAttribute('data-status');
+    if (ran !== 'completed') throw new Error(`the test run failed: ${result}`);
+    const output = JSON.parse(await test.locator('[data-testid=test-output]').innerText());
+    if (output.words !== 3) throw new Error(`test output: ${JSON.stringify(output)}`);
+    if (!/\d+ ms/.test(result)) throw new Error(`no duration: ${result}`);
+    await page.screenshot({ path: join(ARTIFACTS, 'tool-test.png') });
+
+    await page.click('button:has-text("Register tool")');
+    const form = page.locator('[data-testid=tool-form]');
+    await form.locator('input[name=name]').fill('wcdocker');
+    await form.locator('input[name=kind][value=dockerfile]').check();
+    if (!(await form.locator('textarea[name=dockerfile]').inputValue()).startsWith('FROM crewflow/tool-base:bookworm')) throw new Error('no default Dockerfile');
+    await form.locator('button:has-text("Register")').click();
+    const drow = page.locator('[data-testid=tool-wcdocker]');
+    await drow.locator('[data-status=registered]').waitFor();
+    // Not built yet: a test run is a 409 the page spells out.
+    await drow.locator('button:has-text("Test")').click();
+    await test.locator('button:has-text("Run test")').click();
+    const refused = await test.locator('[role=alert]').innerText();
+    if (!/Conflict/.test(refused) || !/\(409\)/.test(refused) || !/has not been built/.test(refused)) throw new Error(`409 shown as: ${refused}`);
+    await drow.locator('button:has-text("Build")').click();
+    const status = page.locator('[data-testid=tool-status]');
+    // Either the server queues the build (the status view then follows it to ready/failed) or, with no
+    // Docker engine, refuses it with a 409 the page spells out.
+    await status.locator('[role=alert], [data-status=ready], [data-status=failed]').first().waitFor({ timeout: 300_000 });
+    const shown = await status.innerText();
+    if (await status.locator('[role=alert]').count()) {
+      if (!/Conflict/.test(shown) || !/\(409\)/.test(shown)) throw new Error(`build refusal shown as: ${shown}`);
+    } else {
+      const log = await status.locator('[data-testid=build-log]').innerText();
+      if (!log.includes('FROM crewflow/tool-base:bookworm')) throw new Error(`build log: ${log}`);
+      if (await status.locator('[data-status=ready]').count()) {
+        await drow.locator('[data-status=ready]').waitFor(); // the table follows the finished build
+        if (!/image: \S+/.test(shown)) throw new Error(`no image shown: ${shown}`);
+        await drow.locator('button:has-text("Test")').click();
+        await test.locator('textarea[name=input]').fill('{"text": "one two"}');
+        await test.locator('button:has-text("Run test")').click();
+        await test.locator('[data-testid=tool-test-result] [data-status=completed]').waitFor({ timeout: 120_000 });
+        const built = JSON.parse(await test.locator('[data-testid=test-output]').innerText());
+        if (built.words !== 2) throw new Error(`built tool output: ${JSON.stringify(built)}`);
+      }
+    }
+    await page.screenshot({ path: join(ARTIFACTS, 'tool-build.png') });
   });
 
   await step('the run is in the executions history', async () => {
@@ -413,6 +473,12 @@ try {
     await page.click('a:has-text("Agents")');
     await page.waitForSelector('[data-testid=agents-table] td:has-text("writer")');
     if (await page.locator('button:has-text("New agent")').count()) throw new Error('a viewer sees New agent');
+    if (await page.locator('nav a:has-text("Tools")').count()) throw new Error('a viewer sees the Tools link');
+    await page.goto(`${BASE}/#/tools`);
+    await page.waitForSelector('text=Only admins register tools.');
+    for (const sel of ['button:has-text("Register tool")', '[data-testid=tool-test-form]', '[data-testid=tools-table]']) {
+      if (await page.locator(sel).count()) throw new Error(`a viewer sees ${sel} on Tools`);
+    }
   });
   await step('no Content-Security-Policy violation on any screen', async () => {
     if (cspViolations.length) throw new Error(cspViolations.slice(0, 3).join('\n'));

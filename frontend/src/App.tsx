@@ -87,7 +87,7 @@ function TopBar() {
         <NavLink to="/agents" className={link}>Agents</NavLink>
         <NavLink to="/crews" className={link}>Crews</NavLink>
         {can.admin && <NavLink to="/providers" className={link}>Providers</NavLink>}
-        {can.admin && <NavLink to="/tools" className={link}>Tools</NavLink>}
+        {can.execute && <NavLink to="/tools" className={link}>Tools</NavLink>}
         {can.admin && <NavLink to="/users" className={link}>Users</NavLink>}
       </nav>
       <div className="ml-auto flex items-center gap-3">

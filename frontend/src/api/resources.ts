@@ -119,18 +119,36 @@ export const providers = {
   reorder: (order: string[]) => api.put<Provider[]>('/providers/order', { order }),
 };
 
+/** ToolOut of src/crewflow/entrypoints/http/tools.py. */
 export interface Tool {
   id: string; name: string; description: string; dockerfile: string | null; docker_image: string | null;
-  input_schema: Record<string, unknown>; output_schema: Record<string, unknown>; build_status: string;
+  script: string | null; context: Record<string, string>;
+  input_schema: Record<string, unknown>; output_schema: Record<string, unknown>; limits: Record<string, unknown>;
+  warm_pool: number; build_status: string; image_digest: string | null; build_error: string | null; built_at: number | null;
   is_active: boolean; version: number; created_at: number; updated_at: number;
 }
+/** ToolIn: one of dockerfile (with context files), docker_image or script. */
+export interface ToolIn {
+  name: string; input_schema: Record<string, unknown>; output_schema: Record<string, unknown>;
+  dockerfile?: string | null; docker_image?: string | null; script?: string | null; context?: Record<string, string>;
+  limits?: Record<string, unknown>; warm_pool?: number; description?: string;
+}
+export type ToolPatch = Partial<Omit<ToolIn, 'name'>> & { is_active?: boolean };
+/** ToolStatusOut: poll while build_status is queued or building. */
+export interface ToolStatus { id: string; version: number; build_status: string; image: string | null; build_error: string | null; built_at: number | null; log_tail: string[] }
+/** ToolTestOut: the tool failing is ok=false with the reason in error. */
+export interface ToolTestResult { ok: boolean; output: unknown; error: string | null; logs: string[]; duration: number }
+
 export const tools = {
   all: () => fetchAllPages(listPage<Tool>('/tools', 100)),
-  create: (body: { name: string; description: string; input_schema: object; output_schema: object; dockerfile?: string | null; docker_image?: string | null }) =>
-    api.post<Tool>('/tools', body),
-  update: (id: string, body: Partial<Pick<Tool, 'description' | 'input_schema' | 'output_schema' | 'dockerfile' | 'docker_image' | 'is_active'>>) =>
-    api.patch<Tool>(`/tools/${enc(id)}`, body),
+  get: (id: string) => api.get<Tool>(`/tools/${enc(id)}`),
+  create: (body: ToolIn) => api.post<Tool>('/tools', body),
+  update: (id: string, body: ToolPatch) => api.patch<Tool>(`/tools/${enc(id)}`, body),
   remove: (id: string) => api.del(`/tools/${enc(id)}`),
+  build: (id: string) => api.post<ToolStatus>(`/tools/${enc(id)}/build`),
+  rebuild: (id: string) => api.post<ToolStatus>(`/tools/${enc(id)}/rebuild`),
+  status: (id: string, lines = 50) => api.get<ToolStatus>(`/tools/${enc(id)}/status`, { lines }),
+  test: (id: string, input: unknown) => api.post<ToolTestResult>(`/tools/${enc(id)}/test`, { input }),
 };
 
 export type CrewIn = Omit<Crew, 'id'> & { id?: string };

@@ -55,6 +55,7 @@ export function StatusBadge({ status }: { status: string }) {
     running: 'bg-blue-100 text-blue-800', retrying: 'bg-amber-100 text-amber-800',
     completed: 'bg-green-100 text-green-800', failed: 'bg-red-100 text-red-800',
     skipped: 'bg-slate-100 text-slate-500', cancelled: 'bg-orange-100 text-orange-800',
+    registered: 'bg-slate-200 text-slate-700', building: 'bg-blue-100 text-blue-800', ready: 'bg-green-100 text-green-800',
   };
   return <span data-status={status} className={`rounded px-1.5 py-0.5 text-xs font-medium ${cls[status] ?? 'bg-slate-100'}`}>{status}</span>;
 }
