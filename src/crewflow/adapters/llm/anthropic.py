@@ -121,13 +121,7 @@ class AnthropicProvider:
 
     def __init__(self, config: ProviderConfig, *, transport: HttpTransport | None = None) -> None:
         self.config = config
-        self._transport = transport or HttpTransport(
-            provider=config.name,
-            timeout=config.timeout,
-            connect_timeout=config.connect_timeout,
-            max_connections=config.max_connections,
-            secrets=(config.api_key,),
-        )
+        self._transport = transport or HttpTransport.for_provider(config)
         self._url = config.base_url.rstrip("/") + "/v1/messages"
         self._server = urlsplit(config.base_url).hostname  # for the LLM span
         self._headers = {

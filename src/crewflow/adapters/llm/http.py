@@ -26,6 +26,7 @@ from crewflow.domain.failover import (
     parse_retry_after,
     redact,
 )
+from crewflow.ports.llm import ProviderConfig
 
 __all__ = ["HttpTransport", "SseEvent", "decode_json", "encode_json", "iter_sse"]
 
@@ -113,6 +114,12 @@ class HttpTransport:
             weakref.WeakKeyDictionary()
         )
         self._last: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
+
+    @classmethod
+    def for_provider(cls, config: ProviderConfig) -> HttpTransport:
+        """The transport of one configured provider: its timeouts and pool size; its key kept out of errors."""
+        return cls(provider=config.name, timeout=config.timeout, connect_timeout=config.connect_timeout,
+                   max_connections=config.max_connections, secrets=(config.api_key,))  # fmt: skip
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()

@@ -65,13 +65,7 @@ class OpenAICompatProvider:
 
     def __init__(self, config: ProviderConfig, *, transport: HttpTransport | None = None) -> None:
         self.config = config
-        self._transport = transport or HttpTransport(
-            provider=config.name,
-            timeout=config.timeout,
-            connect_timeout=config.connect_timeout,
-            max_connections=config.max_connections,
-            secrets=(config.api_key,),
-        )
+        self._transport = transport or HttpTransport.for_provider(config)
         base = config.base_url.rstrip("/")
         headers = {"Content-Type": "application/json", **dict(config.headers)}
         if config.kind == "azure":
