@@ -145,7 +145,7 @@ async def test_the_flow_routes_invalidate_on_every_change(tmp_path: Path) -> Non
     settings = Settings(data_dir=str(tmp_path), extra={"CREWFLOW_JWT_SECRET": "x" * 40})
     container = await build_api_container(settings, bcrypt_rounds=4)
     resolver = CachedFlowResolver(MemoryCache(), pointer_ttl=3600)
-    container.flow_cache = resolver  # type: ignore[attr-defined]  # what bootstrap wires
+    container.flow_cache = resolver  # what bootstrap wires
     try:
         tenant_id, token = await make_user(container, Role.MEMBER)
         async with AsyncTestClient(app=create_app(container)) as client:

@@ -114,7 +114,7 @@ async def service(container: ApiContainer, builder: HeldBuilder, sandbox: WordSa
                           log_flush_interval=0)  # fmt: skip
     builds = InProcessJobQueue(_no_runs, build_handler=service.run_build)
     service.builds = builds
-    container.tool_service = service  # type: ignore[attr-defined]
+    container.tool_service = service
     await builds.start()
     yield service
     await builds.close()
@@ -262,7 +262,7 @@ async def test_a_build_whose_tool_changes_meanwhile_does_not_record_its_result(
 
 
 async def test_without_an_image_builder_a_build_is_refused_at_once(container: ApiContainer) -> None:
-    container.tool_service = ToolService(container.uow_factory, container.clock, container.ids)  # type: ignore[attr-defined]
+    container.tool_service = ToolService(container.uow_factory, container.clock, container.ids)
     async with served_client(container) as client:
         _, token = await make_user(container, Role.ADMIN)
         admin = bearer(token)

@@ -99,7 +99,7 @@ async def container(tmp_path: Path, local: LocalTools) -> AsyncIterator[ApiConta
     service = ToolService(built.uow_factory, built.clock, built.ids, builder=local.builder, sandbox=local.sandbox)
     builds = InProcessJobQueue(_no_runs, build_handler=service.run_build)
     service.builds = builds
-    built.tool_service = service  # type: ignore[attr-defined]
+    built.tool_service = service
     await builds.start()
     yield built
     await builds.close()

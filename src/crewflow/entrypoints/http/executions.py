@@ -159,7 +159,7 @@ class FlowExecutionController(Controller):
         command = ExecuteFlow(tenant_id=request.user.tenant_id, flow_id=flow_id, version=data.version,
                               inputs=data.inputs, idempotency_key=idempotency_key,
                               request_id=request_meta(request).request_id)  # fmt: skip
-        cache = getattr(container, "flow_cache", None)
+        cache = container.flow_cache
         accepted = await execute_flow(command, uow_factory=container.uow_factory, queue=container.queue,
                                       clock=container.clock, ids=container.ids,
                                       resolve=cache.resolve if cache is not None else resolve_flow)  # fmt: skip

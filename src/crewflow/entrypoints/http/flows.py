@@ -117,7 +117,7 @@ async def invalidate_flow(request: Request[Identity, Any, Any], flow_id: str) ->
     """After a committed change of a flow: drop its cached current-version pointer (``flow_cache``), so every
     API instance and worker resolves the new state. A cache failure does not fail the (committed) request:
     the pointer expires on its own shortly (``CachedFlowResolver.pointer_ttl``)."""
-    flow_cache = getattr(request.app.state.container, "flow_cache", None)
+    flow_cache = request.app.state.container.flow_cache
     if flow_cache is None:
         return
     try:

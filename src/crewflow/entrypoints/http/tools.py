@@ -152,12 +152,8 @@ class ToolTestOut(msgspec.Struct):
 
 def tool_service(container: Any) -> ToolService:
     """The container's ``tool_service`` (wired by the composition root with the build queue, image builder
-    and sandbox). A container built without one gets a service that registers tools and refuses builds and
-    test runs (nothing here can build or run them), using the engine's sandbox if it has one."""
-    service: ToolService | None = getattr(container, "tool_service", None)
-    if service is None:
-        service = ToolService(container.uow_factory, container.clock, container.ids, sandbox=container.engine.tools)
-        container.tool_service = service
+    and sandbox)."""
+    service: ToolService = container.tool_service
     return service
 
 
