@@ -28,13 +28,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crewflow.domain.errors import Conflict, DomainError, NodeExecutionError, NotFound, ToolBuildError
 from crewflow.domain.events import EventKind
 from crewflow.ports.runtime import BuiltImage, ToolBuilder, ToolBuildSpec, ToolSandbox
 
-__all__ = ["LocalTools", "ToolDir", "cmd_build", "cmd_run", "load_tool_dir", "open_local_tools", "register"]
+if TYPE_CHECKING:
+    from crewflow.application.tools import ToolDraft  # imported when a tool directory is read: CLI start-up stays light
+
+__all__ = ["LocalTools", "cmd_build", "cmd_run", "load_tool_dir", "open_local_tools", "register"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MANIFESTS = ("tool.yaml", "tool.yml", "tool.json")
@@ -43,20 +46,6 @@ LOCAL_TENANT = "local"
 
 class ToolDirError(Exception):
     """The tool directory cannot be read (reported as one line, exit 2)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ToolDir:
-    """A tool read from a directory: the registration fields, its Dockerfile and build context."""
-
-    name: str
-    input_schema: Mapping[str, Any]
-    output_schema: Mapping[str, Any]
-    description: str = ""
-    script: str | None = None
-    dockerfile: str | None = None
-    context: Mapping[str, str] = field(default_factory=dict)
-    limits: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,7 +101,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 # -- reading a tool directory ------------------------------------------------------------------------------
-def load_tool_dir(path: Path) -> ToolDir:
+def load_tool_dir(path: Path) -> ToolDraft:
     """Read a tool directory; raises ``ToolDirError`` naming what is wrong."""
     import yaml
 
@@ -156,12 +145,14 @@ def load_tool_dir(path: Path) -> ToolDir:
                 context[relative] = file.read_text()
             except UnicodeDecodeError:
                 raise ToolDirError(f"{file}: build context files must be text") from None
-    return ToolDir(name=name, input_schema=data.get("input_schema") or {}, output_schema=data.get("output_schema")
+    from crewflow.application.tools import ToolDraft
+
+    return ToolDraft(name=name, input_schema=data.get("input_schema") or {}, output_schema=data.get("output_schema")
                    or {}, description=str(data.get("description") or ""), script=script, dockerfile=dockerfile,
                    context=context, limits=data.get("limits") or {})  # fmt: skip
 
 
-def _check_tool_dir(tool: ToolDir) -> None:
+def _check_tool_dir(tool: ToolDraft) -> None:
     from crewflow.application.tools import check_tool
     from crewflow.domain.execution import ToolRecord
 
@@ -186,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _main(lambda: _run(args, _tool_dir(args.tool), payload))
 
 
-def _tool_dir(argument: str) -> ToolDir | None:
+def _tool_dir(argument: str) -> ToolDraft | None:
     """The tool directory ``argument`` names, checked; None when it names no directory (a registered tool)."""
     path = Path(argument)
     if not path.is_dir():
@@ -232,7 +223,7 @@ def _log_line(quiet: bool) -> Callable[[str], None]:
     return log
 
 
-async def _build(args: argparse.Namespace, tool: ToolDir | None) -> int:
+async def _build(args: argparse.Namespace, tool: ToolDraft | None) -> int:
     from crewflow.settings import Settings
 
     settings = Settings.from_env()
@@ -247,7 +238,7 @@ async def _build(args: argparse.Namespace, tool: ToolDir | None) -> int:
         return EXIT_OK
 
 
-async def _build_dir(tool: ToolDir, local: LocalTools, log: Callable[[str], None]) -> BuiltImage:
+async def _build_dir(tool: ToolDraft, local: LocalTools, log: Callable[[str], None]) -> BuiltImage:
     if local.builder is None:
         raise Conflict("no image builder is available here (no Docker engine answers)")
     assert tool.dockerfile is not None
@@ -256,7 +247,7 @@ async def _build_dir(tool: ToolDir, local: LocalTools, log: Callable[[str], None
     return await local.builder.build(spec, log)
 
 
-async def _run(args: argparse.Namespace, tool: ToolDir | None, payload: Any) -> int:
+async def _run(args: argparse.Namespace, tool: ToolDraft | None, payload: Any) -> int:
     from crewflow.settings import Settings
 
     settings = Settings.from_env()
@@ -270,7 +261,7 @@ async def _run(args: argparse.Namespace, tool: ToolDir | None, payload: Any) -> 
         return await _run_dir(tool, image, local, payload)
 
 
-async def _run_dir(tool: ToolDir, image: str | None, local: LocalTools, payload: Any) -> int:
+async def _run_dir(tool: ToolDraft, image: str | None, local: LocalTools, payload: Any) -> int:
     from crewflow.application.catalog import tool_limits
     from crewflow.application.executions import InvalidArguments
     from crewflow.application.tools import validate_document
