@@ -255,7 +255,7 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
     from crewflow.adapters.llm import build_provider
     from crewflow.adapters.metrics.events import count_runs
     from crewflow.adapters.metrics.prometheus import PrometheusMetrics
-    from crewflow.adapters.sandbox import open_builder, open_sandbox
+    from crewflow.adapters.sandbox import open_sandbox
     from crewflow.adapters.sql import PostgresDatabase, SqlUnitOfWorkFactory, open_database
     from crewflow.adapters.sql.catalog_budget import limit_tenants_per_connection
     from crewflow.adapters.sql.checkpoints import CheckpointSink
@@ -313,8 +313,8 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
     metrics = PrometheusMetrics()
     # Tools run only sandboxed: Docker (image tools, warm pools) or bubblewrap (script tools) where present;
     # a tool no backend here can run fails with a clear error (ADR 0014). Probing takes a few ms.
-    tool_sandbox, tool_builder = await asyncio.gather(asyncio.to_thread(open_sandbox, settings.extra, metrics),
-                                                      asyncio.to_thread(open_builder, settings.extra, metrics))
+    tool_sandbox = await asyncio.to_thread(open_sandbox, settings.extra, metrics)
+    tool_builder = tool_sandbox.docker  # the same Docker engine (and connection) builds images; None without one
     # non-scripted agents run on CrewAI over the failover gateway with each tenant's providers
     engine = build_engine(settings, runtime=runtime, gateway=Gateway(provider_registry, cache=cache, metrics=metrics),
                           tools=tool_sandbox)  # fmt: skip
@@ -333,9 +333,7 @@ async def build_core(settings: Settings | None = None, *, runtime: AgentRuntime 
                 cipher=cipher, engine=engine, provider_registry=provider_registry, bus=bus,
                 recorder=recorder, metrics=metrics, webhooks=webhooks, redis=redis, tool_sandbox=tool_sandbox,
                 tool_builder=tool_builder, flow_cache=CachedFlowResolver(cache, metrics))  # fmt: skip
-    core.closers.extend([database.dispose, provider_registry.close, tool_sandbox.close])
-    if tool_builder is not None:
-        core.closers.append(tool_builder.close)
+    core.closers.extend([database.dispose, provider_registry.close, tool_sandbox.close])  # closes the builder too
     if not events_with_checkpoints:
         core.closers.append(logstore.close)
     if redis is not None:

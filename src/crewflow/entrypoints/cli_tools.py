@@ -66,13 +66,10 @@ async def open_local_tools(extra: Mapping[str, str]) -> AsyncIterator[LocalTools
     """This machine's sandbox (Docker if an engine answers, bubblewrap for script tools) and builder (Docker
     only). The sandbox adapters are imported here, not at module level: aiodocker is heavy."""
     from crewflow.adapters.metrics.memory import NoopMetrics
-    from crewflow.adapters.sandbox import open_builder, open_sandbox
+    from crewflow.adapters.sandbox import open_sandbox
 
     sandbox = await asyncio.to_thread(open_sandbox, extra, NoopMetrics())
-    builder = await asyncio.to_thread(open_builder, extra)
-    local = LocalTools(sandbox, builder, [sandbox.close])
-    if builder is not None:
-        local.closers.append(builder.close)
+    local = LocalTools(sandbox, sandbox.docker, [sandbox.close])  # its Docker engine builds (closed with it)
     try:
         yield local
     finally:
